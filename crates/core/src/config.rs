@@ -1,0 +1,357 @@
+//! The stack's configuration, with QEMU's names and defaults, and its
+//! validation.
+//!
+//! Every field mirrors a QEMU `-nic user` option (`net=`, `host=`, `dns=`,
+//! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`) or a
+//! slirp4netns flag (`--mtu`, `--disable-host-loopback`). [`Config::validate`]
+//! turns an inconsistent configuration into a [`ConfigError`] that names the
+//! offending flag, so the binary can print it as one line.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::host::Proto;
+
+/// An IPv4 network: address and prefix length (`10.0.2.0/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// The network address as written (host bits may be set).
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    /// The netmask (`255.255.255.0` for /24).
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+    }
+    /// The network address with host bits cleared.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.mask()))
+    }
+    /// The broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.mask()))
+    }
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.mask()) == u32::from(self.network())
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, "24"));
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv4 network (expected ADDR/PREFIX)"))?;
+        let prefix = match prefix.parse::<u8>() {
+            Ok(p) if p <= 30 => p,
+            _ => match prefix.parse::<Ipv4Addr>() {
+                Ok(mask) if u32::from(mask).leading_ones() == u32::from(mask).count_ones() => {
+                    u32::from(mask).count_ones() as u8
+                }
+                _ => {
+                    return Err(format!(
+                        "'{s}' has a bad prefix (expected 0-30 or a netmask)"
+                    ));
+                }
+            },
+        };
+        if prefix > 30 {
+            return Err(format!("'{s}' is too small a network (expected /30 or larger)"));
+        }
+        Ok(Ipv4Net { addr, prefix })
+    }
+}
+
+/// A port forward from a host socket to the guest (QEMU's `hostfwd=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostFwd {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Where the host listens.
+    pub host: SocketAddr,
+    /// Guest address; `None` means the address leased to the guest.
+    pub guest_addr: Option<Ipv4Addr>,
+    /// Guest port.
+    pub guest_port: u16,
+}
+
+impl FromStr for HostFwd {
+    type Err = String;
+    /// Parses `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` (`udp:` too;
+    /// the protocol defaults to TCP as in QEMU).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("'{s}': {why} (expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT)");
+        let (proto, rest) = match s.split_once(':') {
+            Some(("tcp", r)) | Some(("", r)) => (Proto::Tcp, r),
+            Some(("udp", r)) => (Proto::Udp, r),
+            _ => return Err(bad("unknown protocol")),
+        };
+        let (host, guest) = rest.split_once('-').ok_or_else(|| bad("missing '-'"))?;
+        let (haddr, hport) = host.rsplit_once(':').ok_or_else(|| bad("missing host port"))?;
+        let haddr = haddr.trim_start_matches('[').trim_end_matches(']');
+        let haddr: IpAddr = if haddr.is_empty() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            haddr.parse().map_err(|_| bad("bad host address"))?
+        };
+        let hport: u16 = hport.parse().map_err(|_| bad("bad host port"))?;
+        let (gaddr, gport) = guest.rsplit_once(':').ok_or_else(|| bad("missing guest port"))?;
+        let guest_addr = if gaddr.is_empty() {
+            None
+        } else {
+            Some(gaddr.parse().map_err(|_| bad("bad guest address"))?)
+        };
+        let guest_port = match gport.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(bad("bad guest port")),
+        };
+        Ok(HostFwd {
+            proto,
+            host: SocketAddr::new(haddr, hport),
+            guest_addr,
+            guest_port,
+        })
+    }
+}
+
+/// A name answered by the DNS forwarder itself (`--dns-host NAME=ADDR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsHost {
+    /// Fully qualified name, lower case, without the trailing dot.
+    pub name: String,
+    /// The address answered.
+    pub addr: IpAddr,
+}
+
+impl FromStr for DnsHost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not NAME=ADDR"))?;
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}': '{addr}' is not an IP address"))?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(format!("'{s}': empty name (expected NAME=ADDR)"));
+        }
+        Ok(DnsHost { name, addr })
+    }
+}
+
+/// Parses `ADDR[:PORT]` or `[V6ADDR]:PORT` with port 53 by default.
+pub fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{s}' is not ADDR[:PORT]"))
+}
+
+/// Everything the stack needs to know, with QEMU's defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Guest network (`net=`).
+    pub net: Ipv4Net,
+    /// Gateway address, which maps to the host's loopback (`host=`).
+    pub host: Ipv4Addr,
+    /// DNS forwarder address (`dns=`).
+    pub dns: Ipv4Addr,
+    /// First address the DHCP server leases (`dhcpstart=`).
+    pub dhcpstart: Ipv4Addr,
+    /// Hostname handed out in DHCP option 12 (`hostname=`).
+    pub hostname: Option<String>,
+    /// Domain name in DHCP option 15 (`domainname=`).
+    pub domainname: Option<String>,
+    /// Domain search list, DHCP option 119 (`dnssearch=`).
+    pub dnssearch: Vec<String>,
+    /// Link MTU (IP packet size), 68..=65520.
+    pub mtu: u32,
+    /// DHCP lease time.
+    pub lease_time: Duration,
+    /// Refuse guest traffic to the gateway (which would reach host loopback).
+    pub disable_host_loopback: bool,
+    /// Upstream resolvers for the DNS forwarder.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Names answered locally.
+    pub dns_hosts: Vec<DnsHost>,
+    /// Port forwards from the host to the guest.
+    pub hostfwd: Vec<HostFwd>,
+    /// The most flows (TCP, UDP, ICMP) open at once.
+    pub max_flows: usize,
+    /// Seed for initial sequence numbers and ids, so runs are reproducible.
+    pub seed: u64,
+    /// The MAC address the stack uses for itself.
+    pub mac: [u8; 6],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            net: Ipv4Net {
+                addr: Ipv4Addr::new(10, 0, 2, 0),
+                prefix: 24,
+            },
+            host: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+            dhcpstart: Ipv4Addr::new(10, 0, 2, 15),
+            hostname: None,
+            domainname: None,
+            dnssearch: Vec::new(),
+            mtu: 1500,
+            lease_time: Duration::from_secs(86400),
+            disable_host_loopback: false,
+            dns_upstreams: Vec::new(),
+            dns_hosts: Vec::new(),
+            hostfwd: Vec::new(),
+            max_flows: 4096,
+            seed: 0x7573_6572_6e65_7421,
+            // QEMU's slirp uses 52:55:0a:00:02:02 style addresses.
+            mac: [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02],
+        }
+    }
+}
+
+/// Why a configuration is unusable; each variant names the flag at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--host` is not inside `--net`.
+    #[error("--host {0}: not inside --net {1}/{2}")]
+    HostOutsideNet(Ipv4Addr, Ipv4Addr, u8),
+    /// `--dns` is not inside `--net`.
+    #[error("--dns {0}: not inside --net {1}/{2}")]
+    DnsOutsideNet(Ipv4Addr, Ipv4Addr, u8),
+    /// `--dhcpstart` is not inside `--net`.
+    #[error("--dhcpstart {0}: not inside --net {1}/{2}")]
+    DhcpStartOutsideNet(Ipv4Addr, Ipv4Addr, u8),
+    /// `--dhcpstart` collides with the gateway or DNS address.
+    #[error("--dhcpstart {0}: must differ from --host and --dns")]
+    DhcpStartTaken(Ipv4Addr),
+    /// An address is the network or broadcast address.
+    #[error("--{0} {1}: is the network or broadcast address of --net")]
+    Reserved(&'static str, Ipv4Addr),
+    /// `--host` equals `--dns`.
+    #[error("--dns {0}: must differ from --host")]
+    DnsIsHost(Ipv4Addr),
+    /// MTU out of range.
+    #[error("--mtu {0}: out of range (expected 576-65520)")]
+    Mtu(u32),
+    /// `--max-flows` of zero.
+    #[error("--max-flows 0: expected at least 1")]
+    MaxFlows,
+}
+
+/// The smallest MTU accepted (IPv4's minimum datagram size).
+pub const MIN_MTU: u32 = 576;
+/// The largest MTU accepted (what QEMU's stream netdev and tap carry).
+pub const MAX_MTU: u32 = 65520;
+
+impl Config {
+    /// Checks the configuration for consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.net;
+        let (na, np) = (n.network(), n.prefix);
+        if !n.contains(self.host) {
+            return Err(ConfigError::HostOutsideNet(self.host, na, np));
+        }
+        if !n.contains(self.dns) {
+            return Err(ConfigError::DnsOutsideNet(self.dns, na, np));
+        }
+        if !n.contains(self.dhcpstart) {
+            return Err(ConfigError::DhcpStartOutsideNet(self.dhcpstart, na, np));
+        }
+        for (flag, ip) in [("host", self.host), ("dns", self.dns), ("dhcpstart", self.dhcpstart)] {
+            if ip == na || ip == n.broadcast() {
+                return Err(ConfigError::Reserved(flag, ip));
+            }
+        }
+        if self.dns == self.host {
+            return Err(ConfigError::DnsIsHost(self.dns));
+        }
+        if self.dhcpstart == self.host || self.dhcpstart == self.dns {
+            return Err(ConfigError::DhcpStartTaken(self.dhcpstart));
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        if self.max_flows == 0 {
+            return Err(ConfigError::MaxFlows);
+        }
+        Ok(())
+    }
+
+    /// The largest Ethernet frame (MTU plus the 14-byte header).
+    pub fn max_frame(&self) -> usize {
+        self.mtu as usize + 14
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_qemus_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.net.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(c.net.broadcast(), Ipv4Addr::new(10, 0, 2, 255));
+    }
+
+    #[test]
+    fn net_parsing() {
+        assert_eq!("192.168.76.0/24".parse::<Ipv4Net>().map(|n| n.prefix), Ok(24));
+        assert_eq!("10.0.0.0/255.255.0.0".parse::<Ipv4Net>().map(|n| n.prefix), Ok(16));
+        assert!("10.0.0.0/31".parse::<Ipv4Net>().is_err());
+        assert!("10.0.0/24".parse::<Ipv4Net>().is_err());
+        assert!("10.0.0.0/255.0.255.0".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let mut c = Config {
+            host: Ipv4Addr::new(10, 0, 3, 2),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().starts_with("--host 10.0.3.2"));
+        c.host = Ipv4Addr::new(10, 0, 2, 2);
+        c.dhcpstart = c.host;
+        assert!(c.validate().unwrap_err().to_string().starts_with("--dhcpstart"));
+        c.dhcpstart = Ipv4Addr::new(10, 0, 2, 15);
+        c.mtu = 70000;
+        assert_eq!(c.validate(), Err(ConfigError::Mtu(70000)));
+    }
+
+    #[test]
+    fn hostfwd_parsing() {
+        let f: HostFwd = "tcp:127.0.0.1:2222-:22".parse().expect("valid");
+        assert_eq!(f.proto, Proto::Tcp);
+        assert_eq!(f.host, "127.0.0.1:2222".parse().expect("addr"));
+        assert_eq!((f.guest_addr, f.guest_port), (None, 22));
+        let f: HostFwd = "udp::5353-10.0.2.15:53".parse().expect("valid");
+        assert_eq!(f.host, "127.0.0.1:5353".parse().expect("addr"));
+        assert_eq!(f.guest_addr, Some(Ipv4Addr::new(10, 0, 2, 15)));
+        let f: HostFwd = "tcp:[::1]:2222-:22".parse().expect("valid");
+        assert_eq!(f.host, "[::1]:2222".parse().expect("addr"));
+        assert!("sctp::1-:2".parse::<HostFwd>().is_err());
+        assert!("tcp::1-:0".parse::<HostFwd>().is_err());
+        assert!("tcp::99999-:2".parse::<HostFwd>().is_err());
+    }
+
+    #[test]
+    fn dns_parsing() {
+        assert_eq!(parse_dns_upstream("127.0.0.1"), Ok("127.0.0.1:53".parse().expect("a")));
+        assert_eq!(parse_dns_upstream("[::1]:5353"), Ok("[::1]:5353".parse().expect("a")));
+        assert!(parse_dns_upstream("resolver").is_err());
+        let h: DnsHost = "Foo.Test.=10.0.2.9".parse().expect("valid");
+        assert_eq!(h.name, "foo.test");
+    }
+}
