@@ -1,1 +1,100 @@
-//! TODO
+//! ICMP echo (RFC 792): pings answered locally or sent through host ping
+//! sockets.
+//!
+//! Echo requests to the stack's own addresses are answered here. Others go
+//! through an unprivileged ICMP datagram socket (`SOCK_DGRAM`,
+//! `IPPROTO_ICMP`), one per guest (identifier, destination): the kernel
+//! picks the identifier on the wire, so replies get the guest's identifier
+//! back before they are passed on. Hosts may forbid such sockets
+//! (`net.ipv4.ping_group_range`); the stack then logs it once.
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpProtocol};
+
+use crate::host::{HostIo, Token};
+use crate::packet::{self, Macs};
+
+/// Idle time after which a ping flow is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes an ICMPv4 message from `src` to `dst`; returns the frame length.
+pub fn emit(buf: &mut [u8], macs: Macs, src: Ipv4Addr, dst: Ipv4Addr, repr: &Icmpv4Repr) -> Option<usize> {
+    let len = repr.buffer_len();
+    let off = packet::ip_headers(buf, macs, src.into(), dst.into(), IpProtocol::Icmp, len)?;
+    let mut pkt = Icmpv4Packet::new_unchecked(&mut buf[off..off + len]);
+    repr.emit(&mut pkt, &ChecksumCapabilities::default());
+    Some(off + len)
+}
+
+/// One guest ping conversation.
+#[derive(Debug)]
+pub struct IcmpFlow {
+    guest: Ipv4Addr,
+    ident: u16,
+    remote: Ipv4Addr,
+    readable: bool,
+    last_active: Instant,
+}
+
+impl IcmpFlow {
+    /// A ping flow from `guest` (with its echo identifier) to `remote`.
+    pub fn new(guest: Ipv4Addr, ident: u16, remote: Ipv4Addr, now: Instant) -> Self {
+        IcmpFlow {
+            guest,
+            ident,
+            remote,
+            readable: false,
+            last_active: now,
+        }
+    }
+
+    /// Sends the guest's echo request (the ICMP message, header included).
+    pub fn send<H: HostIo>(&mut self, token: Token, host: &mut H, msg: &[u8], now: Instant) -> std::io::Result<usize> {
+        self.last_active = now;
+        host.icmp_send_to(token, msg, (IpAddr::V4(self.remote), 0).into())
+    }
+
+    /// Records that replies are waiting.
+    pub fn set_readable(&mut self, now: Instant) {
+        self.readable = true;
+        self.last_active = now;
+    }
+
+    /// Whether [`IcmpFlow::produce`] may have a frame.
+    pub fn wants_output(&self) -> bool {
+        self.readable
+    }
+
+    /// When the flow expires.
+    pub fn deadline(&self) -> Instant {
+        self.last_active + IDLE_TIMEOUT
+    }
+
+    /// Receives one echo reply into `buf` as a frame for the guest.
+    pub fn produce<H: HostIo>(&mut self, macs: Macs, token: Token, host: &mut H, buf: &mut [u8]) -> Option<usize> {
+        let off = packet::ETH_LEN + packet::ip_len(IpAddr::V4(self.guest));
+        loop {
+            let n = match host.icmp_recv(token, buf.get_mut(off..)?) {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() != ErrorKind::WouldBlock {
+                        tracing::debug!(%e, "ICMP receive failed");
+                    }
+                    self.readable = false;
+                    return None;
+                }
+            };
+            let mut pkt = Icmpv4Packet::new_unchecked(&mut buf[off..off + n]);
+            if n < 8 || pkt.msg_type() != Icmpv4Message::EchoReply {
+                continue;
+            }
+            pkt.set_echo_ident(self.ident);
+            pkt.fill_checksum();
+            return packet::ip_headers(buf, macs, self.remote.into(), self.guest.into(), IpProtocol::Icmp, n)
+                .map(|o| o + n);
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub mod flow;
 pub mod host;
 pub mod icmp;
 pub mod nat;
+pub mod output;
 pub mod packet;
 pub mod stack;
 pub mod tcp;

@@ -1,14 +1,27 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! usernet-host: everything around the sans-IO core that touches the
+//! operating system.
+//!
+//! - [`sockets`]: [`Sockets`], the core's `HostIo` over real non-blocking
+//!   sockets, registering them through a [`Poller`] it does not own;
+//! - [`stream`]: QEMU's `-netdev stream` framing and unix socket server;
+//! - [`pcap`]: the `--pcap` capture;
+//! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
+//!   [`Transport`] and the host sockets.
+//!
+//! Only 64-bit targets are supported: the core's 64-bit tokens map 1:1 to
+//! mio's `usize` tokens.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod event_loop;
+pub mod pcap;
+pub mod sockets;
+pub mod stream;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use event_loop::{RunError, Transport, run};
+pub use sockets::{Interest, MioPoller, Poller, Sockets};
+pub use stream::{Decoder, Encoder, StreamServer};
+
+const _: () = assert!(usize::BITS >= 64, "usernet-host needs a 64-bit target");
+
+/// Poller tokens at or above this value belong to the driver (guest
+/// transport, listener, signals, API socket); the core's tokens stay below.
+pub const DRIVER_TOKEN_BASE: u64 = 1 << 63;
