@@ -161,6 +161,19 @@ impl<T> Table<T> {
         self.slot_mut(id)?.entry.as_mut().map(|(k, v)| (&*k, v))
     }
 
+    /// Gives a flow a new key (a port-forwarded flow learns its peer only
+    /// once its socket is accepted); fails if the key is taken.
+    pub fn rekey(&mut self, id: FlowId, key: Key) -> Result<(), Full> {
+        if self.index.contains_key(&key) {
+            return Err(Full);
+        }
+        let entry = self.slot_mut(id).and_then(|s| s.entry.as_mut()).ok_or(Full)?;
+        let old = std::mem::replace(&mut entry.0, key);
+        self.index.remove(&old);
+        self.index.insert(key, id);
+        Ok(())
+    }
+
     /// Removes a flow; its id goes stale.
     pub fn remove(&mut self, id: FlowId) -> Option<(Key, T)> {
         let slot = self.slot_mut(id)?;

@@ -688,22 +688,21 @@ impl Stack {
                     return;
                 }
             };
-            self.flows.remove(id);
+            let remote = nat::guest_visible_source(&self.cfg, client);
             let key = Key {
                 proto: Proto::Tcp,
                 guest,
-                remote: nat::guest_visible_source(&self.cfg, client),
+                remote,
             };
-            let flow = TcpFlow::inbound(&key, iss, now);
-            // Re-inserting right after the removal reuses the same slot, but
-            // with a new generation: re-key the host socket under it.
-            let Ok(new_id) = self.flows.insert(key, Flow::Tcp(flow)) else {
+            if self.flows.rekey(id, key).is_err() {
+                // The same client port again while the old flow lingers.
+                self.flows.remove(id);
                 host.tcp_abort(id.token());
                 continue;
-            };
-            if new_id != id {
-                host.close(id.token());
-                continue;
+            }
+            let new_id = id;
+            if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) {
+                f.set_remote(remote);
             }
             tracing::debug!(%client, %guest, "port forward connection");
             if self.guest_mac.is_none()

@@ -213,6 +213,11 @@ impl TcpFlow {
         TcpFlow::new(key, State::SynSent, iss, now)
     }
 
+    /// Sets the peer as the guest sees it (known once accepted).
+    pub fn set_remote(&mut self, remote: SocketAddr) {
+        self.remote = remote;
+    }
+
     fn take_syn_options(&mut self, cfg: &Config, syn: &TcpRepr) {
         self.rcv_nxt = syn.seq_number + 1;
         let link = link_mss(cfg.mtu, self.guest.ip());
@@ -519,6 +524,7 @@ impl TcpFlow {
                     // Go back to the first unacknowledged byte.
                     self.snd_nxt = self.snd_una;
                     self.fin_sent = false;
+                    self.readable = true;
                     self.rto_at = Some(now + self.rto);
                 }
                 _ => self.rto_at = None,

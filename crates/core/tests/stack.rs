@@ -1,0 +1,613 @@
+//! The whole stack in process: a scripted guest against fake host sockets,
+//! with a virtual clock. Each test plays frames in and checks the frames
+//! and socket calls that come out.
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
+};
+use usernet_core::host::Proto;
+use usernet_core::{Config, HostEvent, HostIo, Stack, Token};
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+/// One fake host socket.
+#[derive(Default, Debug)]
+struct FakeSocket {
+    connect_to: Option<SocketAddr>,
+    /// Bytes the stack sent (what the host peer received).
+    sent: Vec<u8>,
+    /// Bytes the host peer sent, not yet discarded by the stack.
+    rx: Vec<u8>,
+    eof: bool,
+    /// How many more bytes `tcp_send` accepts.
+    send_room: usize,
+    shut_wr: bool,
+    aborted: bool,
+    error: Option<ErrorKind>,
+    datagrams: VecDeque<(Vec<u8>, SocketAddr)>,
+    sent_to: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+#[derive(Default)]
+struct FakeHost {
+    socks: HashMap<Token, FakeSocket>,
+    closed: Vec<Token>,
+    pending_accept: VecDeque<SocketAddr>,
+    listening: Vec<(Token, Proto, SocketAddr)>,
+}
+
+impl FakeHost {
+    fn sock(&mut self, t: Token) -> io::Result<&mut FakeSocket> {
+        self.socks.get_mut(&t).ok_or_else(|| io::Error::from(ErrorKind::NotFound))
+    }
+    fn only(&self, pred: impl Fn(&FakeSocket) -> bool) -> Token {
+        let found: Vec<_> = self.socks.iter().filter(|(_, s)| pred(s)).map(|(t, _)| *t).collect();
+        assert_eq!(found.len(), 1, "expected one matching socket: {:?}", self.socks);
+        found[0]
+    }
+}
+
+impl HostIo for FakeHost {
+    fn tcp_connect(&mut self, token: Token, dst: SocketAddr) -> io::Result<()> {
+        self.socks.insert(
+            token,
+            FakeSocket {
+                connect_to: Some(dst),
+                send_room: usize::MAX,
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+    fn tcp_send(&mut self, token: Token, data: &[u8]) -> io::Result<usize> {
+        let s = self.sock(token)?;
+        let n = data.len().min(s.send_room);
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        s.send_room -= n;
+        s.sent.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+    fn tcp_peek(&mut self, token: Token, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
+        let s = self.sock(token)?;
+        if skip >= s.rx.len() {
+            return if s.eof { Ok(0) } else { Err(ErrorKind::WouldBlock.into()) };
+        }
+        let n = buf.len().min(s.rx.len() - skip);
+        buf[..n].copy_from_slice(&s.rx[skip..skip + n]);
+        Ok(n)
+    }
+    fn tcp_discard(&mut self, token: Token, n: usize) -> io::Result<()> {
+        let s = self.sock(token)?;
+        assert!(n <= s.rx.len(), "discarding more than received");
+        s.rx.drain(..n);
+        Ok(())
+    }
+    fn tcp_send_space(&mut self, token: Token) -> usize {
+        self.sock(token).map_or(0, |s| s.send_room.min(1 << 20))
+    }
+    fn tcp_shutdown_write(&mut self, token: Token) {
+        if let Ok(s) = self.sock(token) {
+            s.shut_wr = true;
+        }
+    }
+    fn tcp_abort(&mut self, token: Token) {
+        if let Ok(s) = self.sock(token) {
+            s.aborted = true;
+        }
+    }
+    fn udp_open(&mut self, token: Token, _dst: SocketAddr) -> io::Result<()> {
+        self.socks.insert(token, FakeSocket::default());
+        Ok(())
+    }
+    fn udp_send_to(&mut self, token: Token, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        self.sock(token)?.sent_to.push((data.to_vec(), dst));
+        Ok(data.len())
+    }
+    fn udp_recv_from(&mut self, token: Token, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (d, from) = self.sock(token)?.datagrams.pop_front().ok_or(ErrorKind::WouldBlock)?;
+        buf[..d.len()].copy_from_slice(&d);
+        Ok((d.len(), from))
+    }
+    fn icmp_open(&mut self, _token: Token, _dst: SocketAddr) -> io::Result<()> {
+        Err(ErrorKind::PermissionDenied.into())
+    }
+    fn icmp_send_to(&mut self, _: Token, _: &[u8], _: SocketAddr) -> io::Result<usize> {
+        Err(ErrorKind::PermissionDenied.into())
+    }
+    fn icmp_recv(&mut self, _: Token, _: &mut [u8]) -> io::Result<usize> {
+        Err(ErrorKind::WouldBlock.into())
+    }
+    fn listen(&mut self, token: Token, proto: Proto, addr: SocketAddr) -> io::Result<()> {
+        self.listening.push((token, proto, addr));
+        self.socks.insert(token, FakeSocket::default());
+        Ok(())
+    }
+    fn accept(&mut self, _listener: Token, token: Token) -> io::Result<SocketAddr> {
+        let peer = self.pending_accept.pop_front().ok_or(ErrorKind::WouldBlock)?;
+        self.socks.insert(
+            token,
+            FakeSocket {
+                send_room: usize::MAX,
+                ..Default::default()
+            },
+        );
+        Ok(peer)
+    }
+    fn take_error(&mut self, token: Token) -> Option<io::Error> {
+        self.sock(token).ok()?.error.take().map(io::Error::from)
+    }
+    fn close(&mut self, token: Token) {
+        self.socks.remove(&token);
+        self.closed.push(token);
+    }
+}
+
+/// A stack, its fake host and a virtual clock.
+struct Rig {
+    stack: Stack,
+    host: FakeHost,
+    now: Instant,
+}
+
+/// A parsed frame the stack sent to the guest.
+#[derive(Debug)]
+enum Out {
+    Tcp(Ipv4Addr, Ipv4Addr, TcpOwned),
+    Udp(SocketAddr, SocketAddr, Vec<u8>),
+    Icmp(Ipv4Addr, Ipv4Addr, Vec<u8>),
+    Other,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // fields are read through Debug on failures
+struct TcpOwned {
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: TcpSeqNumber,
+    ack: Option<TcpSeqNumber>,
+    window: u16,
+    wscale: Option<u8>,
+    mss: Option<u16>,
+    payload: Vec<u8>,
+}
+
+impl Rig {
+    fn new(cfg: Config) -> Rig {
+        let now = Instant::now();
+        let mut rig = Rig {
+            stack: Stack::new(cfg, now),
+            host: FakeHost::default(),
+            now,
+        };
+        rig.stack.start(&mut rig.host).expect("start");
+        rig
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.stack.handle_timeout(self.now, &mut self.host);
+    }
+
+    fn frame(&mut self, frame: &[u8]) {
+        self.stack.handle_frame(self.now, frame, &mut self.host);
+    }
+
+    fn event(&mut self, token: Token, readable: bool, writable: bool, error: bool) {
+        let ev = HostEvent {
+            token,
+            readable,
+            writable,
+            error,
+        };
+        self.stack.handle_host(self.now, ev, &mut self.host);
+    }
+
+    fn drain(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; self.stack.config().max_frame()];
+        while let Some(n) = self.stack.poll_frame(self.now, &mut buf, &mut self.host) {
+            out.push(parse_out(&buf[..n]));
+            assert!(out.len() < 10_000, "runaway output");
+        }
+        out
+    }
+
+    fn tcp_in(&mut self, dst: SocketAddr, sport: u16, control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) {
+        let repr = TcpRepr {
+            src_port: sport,
+            dst_port: dst.port(),
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+            window_len: 64000,
+            window_scale: (control == TcpControl::Syn).then_some(7),
+            max_seg_size: (control == TcpControl::Syn).then_some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let std::net::IpAddr::V4(dip) = dst.ip() else { panic!("v4 only") };
+        let f = ip_frame(GUEST_IP, dip, IpProtocol::Tcp, repr.buffer_len(), |b| {
+            repr.emit(
+                &mut TcpPacket::new_unchecked(b),
+                &IpAddress::Ipv4(GUEST_IP),
+                &IpAddress::Ipv4(dip),
+                &ChecksumCapabilities::default(),
+            )
+        });
+        self.frame(&f);
+    }
+}
+
+fn ip_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, len: usize, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + len];
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: EthernetAddress(Config::default().mac),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: len,
+        hop_limit: 64,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut f[14..34]), &ChecksumCapabilities::default());
+    body(&mut f[34..]);
+    f
+}
+
+fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else { panic!("v4") };
+    let repr = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
+    ip_frame(s, d, IpProtocol::Udp, 8 + payload.len(), |b| {
+        repr.emit(
+            &mut UdpPacket::new_unchecked(b),
+            &IpAddress::Ipv4(s),
+            &IpAddress::Ipv4(d),
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        )
+    })
+}
+
+fn parse_out(f: &[u8]) -> Out {
+    let caps = ChecksumCapabilities::default();
+    let eth = EthernetFrame::new_checked(f).expect("ethernet");
+    assert_eq!(eth.src_addr(), EthernetAddress(Config::default().mac));
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return Out::Other;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).expect("ipv4");
+    let ipr = Ipv4Repr::parse(&ip, &caps).expect("valid ipv4 with checksum");
+    let (s, d) = (IpAddress::Ipv4(ipr.src_addr), IpAddress::Ipv4(ipr.dst_addr));
+    match ipr.next_header {
+        IpProtocol::Tcp => {
+            let p = TcpPacket::new_checked(ip.payload()).expect("tcp");
+            let r = TcpRepr::parse(&p, &s, &d, &caps).expect("valid tcp with checksum");
+            Out::Tcp(
+                ipr.src_addr,
+                ipr.dst_addr,
+                TcpOwned {
+                    src_port: r.src_port,
+                    dst_port: r.dst_port,
+                    control: r.control,
+                    seq: r.seq_number,
+                    ack: r.ack_number,
+                    window: r.window_len,
+                    wscale: r.window_scale,
+                    mss: r.max_seg_size,
+                    payload: r.payload.to_vec(),
+                },
+            )
+        }
+        IpProtocol::Udp => {
+            let p = UdpPacket::new_checked(ip.payload()).expect("udp");
+            UdpRepr::parse(&p, &s, &d, &caps).expect("valid udp with checksum");
+            Out::Udp(
+                SocketAddr::new(ipr.src_addr.into(), p.src_port()),
+                SocketAddr::new(ipr.dst_addr.into(), p.dst_port()),
+                p.payload().to_vec(),
+            )
+        }
+        IpProtocol::Icmp => {
+            let p = Icmpv4Packet::new_checked(ip.payload()).expect("icmp");
+            assert!(p.verify_checksum());
+            Out::Icmp(ipr.src_addr, ipr.dst_addr, ip.payload().to_vec())
+        }
+        _ => Out::Other,
+    }
+}
+
+fn only_tcp(out: Vec<Out>) -> TcpOwned {
+    let mut segs: Vec<_> = out
+        .into_iter()
+        .map(|o| match o {
+            Out::Tcp(_, _, t) => t,
+            other => panic!("expected TCP, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(segs.len(), 1, "expected one segment: {segs:?}");
+    segs.remove(0)
+}
+
+fn gw(port: u16) -> SocketAddr {
+    SocketAddr::new(GW.into(), port)
+}
+
+/// Opens a guest connection to the gateway's `port` and returns the host
+/// socket's token and our initial sequence number + 1.
+fn established(rig: &mut Rig, port: u16) -> (Token, u32) {
+    rig.tcp_in(gw(port), 40000, TcpControl::Syn, 1000, None, &[]);
+    assert!(rig.drain().is_empty(), "no SYN-ACK before the host connect completes");
+    let tok = rig.host.only(|s| s.connect_to.is_some());
+    assert_eq!(rig.host.socks[&tok].connect_to, Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    rig.event(tok, false, true, false);
+    let synack = only_tcp(rig.drain());
+    assert_eq!(synack.control, TcpControl::Syn);
+    assert_eq!(synack.ack, Some(TcpSeqNumber(1001)));
+    assert_eq!(synack.mss, Some(1460));
+    assert_eq!(synack.wscale, Some(7));
+    let iss1 = synack.seq.0.wrapping_add(1) as u32;
+    rig.tcp_in(gw(port), 40000, TcpControl::None, 1001, Some(iss1), &[]);
+    assert!(rig.drain().is_empty());
+    (tok, iss1)
+}
+
+#[test]
+fn tcp_data_both_ways_and_close() {
+    let mut rig = Rig::new(Config::default());
+    let (tok, iss1) = established(&mut rig, 8080);
+
+    // Guest -> host: written at once, acknowledged once taken.
+    rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1001, Some(iss1), b"hello");
+    assert_eq!(rig.host.socks[&tok].sent, b"hello");
+    let ack = only_tcp(rig.drain());
+    assert_eq!(ack.ack, Some(TcpSeqNumber(1006)));
+
+    // Host -> guest: peeked, kept until acknowledged.
+    rig.host.socks.get_mut(&tok).expect("sock").rx.extend_from_slice(b"world!");
+    rig.event(tok, true, false, false);
+    let data = only_tcp(rig.drain());
+    assert_eq!(data.payload, b"world!");
+    assert_eq!(data.seq, TcpSeqNumber(iss1 as i32));
+    assert_eq!(rig.host.socks[&tok].rx, b"world!", "not discarded before the ACK");
+    rig.tcp_in(gw(8080), 40000, TcpControl::None, 1006, Some(iss1 + 6), &[]);
+    assert!(rig.host.socks[&tok].rx.is_empty(), "discarded once acknowledged");
+
+    // Guest FIN -> shutdown(SHUT_WR); host EOF -> FIN to the guest.
+    rig.tcp_in(gw(8080), 40000, TcpControl::Fin, 1006, Some(iss1 + 6), &[]);
+    assert!(rig.host.socks[&tok].shut_wr);
+    rig.host.socks.get_mut(&tok).expect("sock").eof = true;
+    rig.event(tok, true, false, false);
+    let fin = only_tcp(rig.drain());
+    assert_eq!(fin.control, TcpControl::Fin);
+    assert_eq!(fin.ack, Some(TcpSeqNumber(1007)));
+    rig.tcp_in(gw(8080), 40000, TcpControl::None, 1007, Some(iss1 + 7), &[]);
+    assert!(rig.host.closed.contains(&tok), "host socket closed once both sides are done");
+    rig.advance(Duration::from_secs(10));
+    assert_eq!(rig.stack.flow_count(), 0, "linger ends");
+}
+
+#[test]
+fn tcp_back_pressure_is_a_zero_window_then_retransmission_request() {
+    let mut rig = Rig::new(Config::default());
+    let (tok, iss1) = established(&mut rig, 8080);
+    rig.host.socks.get_mut(&tok).expect("sock").send_room = 3;
+    rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1001, Some(iss1), b"abcdef");
+    assert_eq!(rig.host.socks[&tok].sent, b"abc");
+    let ack = only_tcp(rig.drain());
+    assert_eq!((ack.ack, ack.window), (Some(TcpSeqNumber(1004)), 0));
+    rig.host.socks.get_mut(&tok).expect("sock").send_room = 1000;
+    rig.event(tok, false, true, false);
+    let acks: Vec<_> = rig
+        .drain()
+        .into_iter()
+        .map(|o| match o {
+            Out::Tcp(_, _, t) => (t.ack, t.window > 0),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(acks.len() >= 3, "window update plus duplicate ACKs: {acks:?}");
+    assert!(acks.iter().all(|a| *a == (Some(TcpSeqNumber(1004)), true)));
+    rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1004, Some(iss1), b"def");
+    assert_eq!(rig.host.socks[&tok].sent, b"abcdef");
+}
+
+#[test]
+fn tcp_retransmits_from_the_socket_on_timeout() {
+    let mut rig = Rig::new(Config::default());
+    let (tok, _iss1) = established(&mut rig, 8080);
+    rig.host.socks.get_mut(&tok).expect("sock").rx.extend_from_slice(b"lost?");
+    rig.event(tok, true, false, false);
+    let first = only_tcp(rig.drain());
+    rig.advance(Duration::from_millis(1500));
+    let again = only_tcp(rig.drain());
+    assert_eq!((again.seq, again.payload), (first.seq, first.payload));
+}
+
+#[test]
+fn tcp_refused_connect_resets_the_guest() {
+    let mut rig = Rig::new(Config::default());
+    rig.tcp_in(gw(9), 40001, TcpControl::Syn, 5000, None, &[]);
+    let tok = rig.host.only(|s| s.connect_to.is_some());
+    rig.host.socks.get_mut(&tok).expect("sock").error = Some(ErrorKind::ConnectionRefused);
+    rig.event(tok, false, true, true);
+    let rst = only_tcp(rig.drain());
+    assert_eq!(rst.control, TcpControl::Rst);
+    assert_eq!(rst.ack, Some(TcpSeqNumber(5001)));
+    assert_eq!(rig.stack.flow_count(), 0);
+    assert!(rig.host.closed.contains(&tok));
+}
+
+#[test]
+fn tcp_guest_reset_aborts_the_host_socket() {
+    let mut rig = Rig::new(Config::default());
+    let (tok, iss1) = established(&mut rig, 8080);
+    rig.tcp_in(gw(8080), 40000, TcpControl::Rst, 1001, Some(iss1), &[]);
+    assert_eq!(rig.stack.flow_count(), 0);
+    assert!(rig.host.closed.contains(&tok) || rig.host.socks[&tok].aborted);
+}
+
+#[test]
+fn tcp_stray_segment_gets_a_reset_and_policy_refusals_count() {
+    let mut rig = Rig::new(Config {
+        disable_host_loopback: true,
+        ..Config::default()
+    });
+    rig.tcp_in(gw(80), 40002, TcpControl::None, 1, Some(77), b"x");
+    assert_eq!(only_tcp(rig.drain()).control, TcpControl::Rst);
+    rig.tcp_in(gw(80), 40003, TcpControl::Syn, 1, None, &[]);
+    assert_eq!(only_tcp(rig.drain()).control, TcpControl::Rst);
+    assert_eq!(rig.stack.counters().policy_refused, 1);
+    assert!(rig.host.socks.is_empty(), "no host socket for refused flows");
+}
+
+#[test]
+fn flow_table_is_bounded() {
+    let mut rig = Rig::new(Config {
+        max_flows: 4,
+        ..Config::default()
+    });
+    for port in 0..10 {
+        rig.tcp_in(gw(80), 41000 + port, TcpControl::Syn, 1, None, &[]);
+    }
+    assert_eq!(rig.stack.flow_count(), 4);
+    assert_eq!(rig.stack.counters().flows_refused, 6);
+    let resets = rig.drain().len();
+    assert_eq!(resets, 6, "excess SYNs are refused with RST");
+}
+
+#[test]
+fn port_forward_connects_to_the_guest() {
+    let mut rig = Rig::new(Config {
+        hostfwd: vec!["tcp:127.0.0.1:2222-:22".parse().expect("fwd")],
+        ..Config::default()
+    });
+    let (ltok, _, _) = rig.host.listening[0];
+    rig.host.pending_accept.push_back("192.0.2.7:5555".parse().expect("addr"));
+    rig.event(ltok, true, false, false);
+    let out = rig.drain();
+    let syn = out
+        .into_iter()
+        .find_map(|o| match o {
+            Out::Tcp(src, dst, t) => Some((src, dst, t)),
+            _ => None,
+        })
+        .expect("a SYN to the guest");
+    assert_eq!(syn.0, Ipv4Addr::new(192, 0, 2, 7), "the guest sees the real client");
+    assert_eq!((syn.1, syn.2.dst_port, syn.2.control), (GUEST_IP, 22, TcpControl::Syn));
+    let iss = syn.2.seq.0 as u32;
+    let client = SocketAddr::from(([192, 0, 2, 7], 5555));
+    // Guest answers SYN-ACK; the stack ACKs; data flows.
+    rig.tcp_in(client, 22, TcpControl::Syn, 9000, Some(iss.wrapping_add(1)), &[]);
+    let ack = only_tcp(rig.drain());
+    assert_eq!(ack.ack, Some(TcpSeqNumber(9001)));
+    let tok = rig.host.only(|s| s.send_room == usize::MAX);
+    rig.tcp_in(client, 22, TcpControl::Psh, 9001, Some(iss.wrapping_add(1)), b"SSH-2.0");
+    assert_eq!(rig.host.socks[&tok].sent, b"SSH-2.0");
+}
+
+#[test]
+fn udp_dns_local_names_and_forwarding() {
+    let mut rig = Rig::new(Config {
+        dns_upstreams: vec!["127.0.0.1:5353".parse().expect("addr")],
+        ..Config::default()
+    });
+    let dns = SocketAddr::from(([10, 0, 2, 3], 53));
+    let guest = SocketAddr::from((GUEST_IP, 33333));
+    // A query for host.internal, type A.
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["host", "internal"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    rig.frame(&udp_frame(guest, dns, &q));
+    let out = rig.drain();
+    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*src, *dst), (dns, guest));
+    assert_eq!(&reply[reply.len() - 4..], &[10, 0, 2, 2], "host.internal is the gateway");
+    // Another name goes upstream, and the reply comes back from 10.0.2.3.
+    let mut q2 = q.clone();
+    q2[13] = b'x';
+    rig.frame(&udp_frame(guest, dns, &q2));
+    let tok = rig.host.only(|s| !s.sent_to.is_empty());
+    assert_eq!(rig.host.socks[&tok].sent_to[0].1, "127.0.0.1:5353".parse().expect("a"));
+    let upstream = "127.0.0.1:5353".parse().expect("a");
+    rig.host.socks.get_mut(&tok).expect("s").datagrams.push_back((b"answer".to_vec(), upstream));
+    rig.event(tok, true, false, false);
+    let out = rig.drain();
+    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*src, *dst, &reply[..]), (dns, guest, &b"answer"[..]));
+    rig.advance(Duration::from_secs(30));
+    assert_eq!(rig.stack.flow_count(), 0, "idle UDP flows expire");
+}
+
+#[test]
+fn udp_to_the_gateway_reaches_host_loopback() {
+    let mut rig = Rig::new(Config::default());
+    let guest = SocketAddr::from((GUEST_IP, 40000));
+    rig.frame(&udp_frame(guest, gw(7), b"ping"));
+    let tok = rig.host.only(|s| !s.sent_to.is_empty());
+    assert_eq!(rig.host.socks[&tok].sent_to[0], (b"ping".to_vec(), "127.0.0.1:7".parse().expect("a")));
+    let lo = "127.0.0.1:7".parse().expect("a");
+    rig.host.socks.get_mut(&tok).expect("s").datagrams.push_back((b"pong".to_vec(), lo));
+    rig.event(tok, true, false, false);
+    let out = rig.drain();
+    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*src, *dst, &reply[..]), (gw(7), guest, &b"pong"[..]));
+}
+
+#[test]
+fn ping_to_the_gateway_is_answered_locally() {
+    let mut rig = Rig::new(Config::default());
+    let repr = Icmpv4Repr::EchoRequest {
+        ident: 0x42,
+        seq_no: 1,
+        data: b"abcdefgh",
+    };
+    let f = ip_frame(GUEST_IP, GW, IpProtocol::Icmp, repr.buffer_len(), |b| {
+        repr.emit(&mut Icmpv4Packet::new_unchecked(b), &ChecksumCapabilities::default())
+    });
+    rig.frame(&f);
+    let out = rig.drain();
+    let [Out::Icmp(src, dst, msg)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*src, *dst), (GW, GUEST_IP));
+    assert_eq!(msg[0], 0, "echo reply");
+    assert_eq!(&msg[8..], b"abcdefgh");
+}
+
+#[test]
+fn malformed_frames_are_counted_and_the_next_good_one_served() {
+    let mut rig = Rig::new(Config::default());
+    let good = udp_frame(SocketAddr::from((GUEST_IP, 1)), gw(7), b"x");
+    let mut bad_csum = good.clone();
+    bad_csum[24] ^= 0xff;
+    let cases: Vec<Vec<u8>> = vec![vec![], good[..10].to_vec(), good[..30].to_vec(), bad_csum];
+    for c in &cases {
+        rig.frame(c);
+    }
+    assert_eq!(rig.stack.counters().malformed, cases.len() as u64);
+    rig.frame(&good);
+    assert_eq!(rig.stack.flow_count(), 1);
+}
