@@ -489,7 +489,7 @@ impl Stack {
                 return;
             };
             let status = f.on_segment(&env, id.token(), seg, host, &mut self.out);
-            self.settle(id, status == Status::Closed, host);
+            self.settle(id, status != Status::Open, host);
             return;
         }
         if seg.control != TcpControl::Syn || seg.ack_number.is_some() {
@@ -618,7 +618,16 @@ impl Stack {
             return;
         };
         let closed = match flow {
-            Flow::Tcp(f) => f.on_host(&env, id.token(), ev, host, &mut self.out) == Status::Closed,
+            Flow::Tcp(f) => match f.on_host(&env, id.token(), ev, host, &mut self.out) {
+                Status::Open => false,
+                Status::Closed => true,
+                Status::Unreachable => {
+                    let ((guest, remote), quote) = (f.endpoints(), f.syn_quote());
+                    let code = Icmpv4DstUnreachable::HostUnreachable;
+                    self.unreachable(code, IpProtocol::Tcp, guest, remote, &quote);
+                    true
+                }
+            },
             Flow::Udp(f) => {
                 if ev.readable {
                     f.set_readable(now);
@@ -727,7 +736,7 @@ impl Stack {
                 continue;
             };
             let closed = match flow {
-                Flow::Tcp(f) => f.on_timer(&env, id.token(), host, &mut self.out) == Status::Closed,
+                Flow::Tcp(f) => f.on_timer(&env, id.token(), host, &mut self.out) != Status::Open,
                 other => now >= other.deadline(),
             };
             self.settle(id, closed, host);

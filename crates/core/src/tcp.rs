@@ -88,6 +88,9 @@ pub enum Status {
     Open,
     /// Remove it (closing the host socket if it is still open).
     Closed,
+    /// The host connect found no route: remove it and tell the guest with
+    /// an ICMP "host unreachable" for its SYN.
+    Unreachable,
 }
 
 /// What a flow needs from the stack to build frames.
@@ -236,6 +239,16 @@ impl TcpFlow {
             }
         }
         self.snd_wnd = usize::from(syn.window_len);
+    }
+
+    /// The first 8 bytes of the guest's SYN (ports and sequence number), to
+    /// quote in an ICMP error.
+    pub fn syn_quote(&self) -> [u8; 8] {
+        let mut q = [0u8; 8];
+        q[..2].copy_from_slice(&self.guest.port().to_be_bytes());
+        q[2..4].copy_from_slice(&self.remote.port().to_be_bytes());
+        q[4..].copy_from_slice(&(self.rcv_nxt.0.wrapping_sub(1)).to_be_bytes());
+        q
     }
 
     /// Whether the host socket is still open.
@@ -448,6 +461,9 @@ impl TcpFlow {
             State::Connecting if ev.writable || ev.error => {
                 if let Some(err) = host.take_error(token) {
                     tracing::debug!(%err, remote = %self.remote, "host connect failed");
+                    if matches!(err.kind(), ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) {
+                        return Status::Unreachable;
+                    }
                     self.reset_guest_on_connect(env, out);
                     return Status::Closed;
                 }

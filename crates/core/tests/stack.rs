@@ -611,3 +611,19 @@ fn malformed_frames_are_counted_and_the_next_good_one_served() {
     rig.frame(&good);
     assert_eq!(rig.stack.flow_count(), 1);
 }
+
+#[test]
+fn tcp_unreachable_host_is_an_icmp_error() {
+    let mut rig = Rig::new(Config::default());
+    let far = SocketAddr::from(([192, 0, 2, 1], 80));
+    rig.tcp_in(far, 40004, TcpControl::Syn, 77, None, &[]);
+    let tok = rig.host.only(|s| s.connect_to.is_some());
+    rig.host.socks.get_mut(&tok).expect("sock").error = Some(ErrorKind::HostUnreachable);
+    rig.event(tok, false, true, true);
+    let out = rig.drain();
+    let [Out::Icmp(src, dst, msg)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*src, *dst), (GW, GUEST_IP));
+    assert_eq!((msg[0], msg[1]), (3, 1), "destination unreachable, host");
+    assert_eq!(&msg[8 + 20..8 + 22], &40004u16.to_be_bytes(), "quotes the SYN");
+    assert_eq!(rig.stack.flow_count(), 0);
+}
