@@ -68,7 +68,7 @@ udhcpc -i eth0 -O mtu -O search -O hostname -n -q -t 5 -T 2 || echo "(no lease)"
 step "2. DNS: nslookup demo.usernet.test 10.0.2.3"
 timeout 15 nslookup demo.usernet.test 10.0.2.3 || echo "(lookup failed)"
 step "3. HTTP to the host's loopback: wget -O- http://10.0.2.2:$http_port/"
-timeout 20 wget -T 10 -O- http://10.0.2.2:$http_port/ || echo "(wget failed)"
+timeout 20 wget -O- http://10.0.2.2:$http_port/ || echo "(wget failed)"
 step "4. ICMP: ping -c 3 10.0.2.2"
 ping -c 3 -W 2 10.0.2.2 || echo "(ping failed)"
 echo

@@ -148,7 +148,10 @@ mod tests {
 
     #[test]
     fn truncated_is_malformed() {
-        assert_eq!(handle(&Config::default(), &WHO_HAS_GW[..20]), Outcome::Malformed);
+        assert_eq!(
+            handle(&Config::default(), &WHO_HAS_GW[..20]),
+            Outcome::Malformed
+        );
     }
 
     #[test]

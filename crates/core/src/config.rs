@@ -24,7 +24,11 @@ pub struct Ipv4Net {
 impl Ipv4Net {
     /// The netmask (`255.255.255.0` for /24).
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
     }
     /// The network address with host bits cleared.
     pub fn network(&self) -> Ipv4Addr {
@@ -61,7 +65,9 @@ impl FromStr for Ipv4Net {
             },
         };
         if prefix > 30 {
-            return Err(format!("'{s}' is too small a network (expected /30 or larger)"));
+            return Err(format!(
+                "'{s}' is too small a network (expected /30 or larger)"
+            ));
         }
         Ok(Ipv4Net { addr, prefix })
     }
@@ -85,14 +91,18 @@ impl FromStr for HostFwd {
     /// Parses `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` (`udp:` too;
     /// the protocol defaults to TCP as in QEMU).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("'{s}': {why} (expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT)");
+        let bad = |why: &str| {
+            format!("'{s}': {why} (expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT)")
+        };
         let (proto, rest) = match s.split_once(':') {
             Some(("tcp", r)) | Some(("", r)) => (Proto::Tcp, r),
             Some(("udp", r)) => (Proto::Udp, r),
             _ => return Err(bad("unknown protocol")),
         };
         let (host, guest) = rest.split_once('-').ok_or_else(|| bad("missing '-'"))?;
-        let (haddr, hport) = host.rsplit_once(':').ok_or_else(|| bad("missing host port"))?;
+        let (haddr, hport) = host
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing host port"))?;
         let haddr = haddr.trim_start_matches('[').trim_end_matches(']');
         let haddr: IpAddr = if haddr.is_empty() {
             Ipv4Addr::LOCALHOST.into()
@@ -100,7 +110,9 @@ impl FromStr for HostFwd {
             haddr.parse().map_err(|_| bad("bad host address"))?
         };
         let hport: u16 = hport.parse().map_err(|_| bad("bad host port"))?;
-        let (gaddr, gport) = guest.rsplit_once(':').ok_or_else(|| bad("missing guest port"))?;
+        let (gaddr, gport) = guest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing guest port"))?;
         let guest_addr = if gaddr.is_empty() {
             None
         } else {
@@ -116,6 +128,26 @@ impl FromStr for HostFwd {
             guest_addr,
             guest_port,
         })
+    }
+}
+
+impl std::fmt::Display for HostFwd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        let host = match self.host {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        let guest = self.guest_addr.map(|a| a.to_string()).unwrap_or_default();
+        write!(
+            f,
+            "{proto}:{host}:{}-{guest}:{}",
+            self.host.port(),
+            self.guest_port
+        )
     }
 }
 
@@ -268,7 +300,11 @@ impl Config {
         if !n.contains(self.dhcpstart) {
             return Err(ConfigError::DhcpStartOutsideNet(self.dhcpstart, na, np));
         }
-        for (flag, ip) in [("host", self.host), ("dns", self.dns), ("dhcpstart", self.dhcpstart)] {
+        for (flag, ip) in [
+            ("host", self.host),
+            ("dns", self.dns),
+            ("dhcpstart", self.dhcpstart),
+        ] {
             if ip == na || ip == n.broadcast() {
                 return Err(ConfigError::Reserved(flag, ip));
             }
@@ -308,8 +344,14 @@ mod tests {
 
     #[test]
     fn net_parsing() {
-        assert_eq!("192.168.76.0/24".parse::<Ipv4Net>().map(|n| n.prefix), Ok(24));
-        assert_eq!("10.0.0.0/255.255.0.0".parse::<Ipv4Net>().map(|n| n.prefix), Ok(16));
+        assert_eq!(
+            "192.168.76.0/24".parse::<Ipv4Net>().map(|n| n.prefix),
+            Ok(24)
+        );
+        assert_eq!(
+            "10.0.0.0/255.255.0.0".parse::<Ipv4Net>().map(|n| n.prefix),
+            Ok(16)
+        );
         assert!("10.0.0.0/31".parse::<Ipv4Net>().is_err());
         assert!("10.0.0/24".parse::<Ipv4Net>().is_err());
         assert!("10.0.0.0/255.0.255.0".parse::<Ipv4Net>().is_err());
@@ -321,10 +363,20 @@ mod tests {
             host: Ipv4Addr::new(10, 0, 3, 2),
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().starts_with("--host 10.0.3.2"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--host 10.0.3.2")
+        );
         c.host = Ipv4Addr::new(10, 0, 2, 2);
         c.dhcpstart = c.host;
-        assert!(c.validate().unwrap_err().to_string().starts_with("--dhcpstart"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--dhcpstart")
+        );
         c.dhcpstart = Ipv4Addr::new(10, 0, 2, 15);
         c.mtu = 70000;
         assert_eq!(c.validate(), Err(ConfigError::Mtu(70000)));
@@ -336,6 +388,7 @@ mod tests {
         assert_eq!(f.proto, Proto::Tcp);
         assert_eq!(f.host, "127.0.0.1:2222".parse().expect("addr"));
         assert_eq!((f.guest_addr, f.guest_port), (None, 22));
+        assert_eq!(f.to_string(), "tcp:127.0.0.1:2222-:22");
         let f: HostFwd = "udp::5353-10.0.2.15:53".parse().expect("valid");
         assert_eq!(f.host, "127.0.0.1:5353".parse().expect("addr"));
         assert_eq!(f.guest_addr, Some(Ipv4Addr::new(10, 0, 2, 15)));
@@ -348,8 +401,14 @@ mod tests {
 
     #[test]
     fn dns_parsing() {
-        assert_eq!(parse_dns_upstream("127.0.0.1"), Ok("127.0.0.1:53".parse().expect("a")));
-        assert_eq!(parse_dns_upstream("[::1]:5353"), Ok("[::1]:5353".parse().expect("a")));
+        assert_eq!(
+            parse_dns_upstream("127.0.0.1"),
+            Ok("127.0.0.1:53".parse().expect("a"))
+        );
+        assert_eq!(
+            parse_dns_upstream("[::1]:5353"),
+            Ok("[::1]:5353".parse().expect("a"))
+        );
         assert!(parse_dns_upstream("resolver").is_err());
         let h: DnsHost = "Foo.Test.=10.0.2.9".parse().expect("valid");
         assert_eq!(h.name, "foo.test");

@@ -167,7 +167,10 @@ impl<T> Table<T> {
         if self.index.contains_key(&key) {
             return Err(Full);
         }
-        let entry = self.slot_mut(id).and_then(|s| s.entry.as_mut()).ok_or(Full)?;
+        let entry = self
+            .slot_mut(id)
+            .and_then(|s| s.entry.as_mut())
+            .ok_or(Full)?;
         let old = std::mem::replace(&mut entry.0, key);
         self.index.remove(&old);
         self.index.insert(key, id);

@@ -62,7 +62,7 @@ pub trait HostIo {
     /// Closes with a reset (the guest sent RST).
     fn tcp_abort(&mut self, token: Token);
     /// Opens a UDP socket for a flow to `dst` (bound to the wildcard of its
-    /// family, or to `bind` when given).
+    /// family).
     fn udp_open(&mut self, token: Token, dst: SocketAddr) -> io::Result<()>;
     /// Sends one datagram to `dst`.
     fn udp_send_to(&mut self, token: Token, data: &[u8], dst: SocketAddr) -> io::Result<usize>;

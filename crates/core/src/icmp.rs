@@ -21,7 +21,13 @@ use crate::packet::{self, Macs};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes an ICMPv4 message from `src` to `dst`; returns the frame length.
-pub fn emit(buf: &mut [u8], macs: Macs, src: Ipv4Addr, dst: Ipv4Addr, repr: &Icmpv4Repr) -> Option<usize> {
+pub fn emit(
+    buf: &mut [u8],
+    macs: Macs,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    repr: &Icmpv4Repr,
+) -> Option<usize> {
     let len = repr.buffer_len();
     let off = packet::ip_headers(buf, macs, src.into(), dst.into(), IpProtocol::Icmp, len)?;
     let mut pkt = Icmpv4Packet::new_unchecked(&mut buf[off..off + len]);
@@ -52,7 +58,13 @@ impl IcmpFlow {
     }
 
     /// Sends the guest's echo request (the ICMP message, header included).
-    pub fn send<H: HostIo>(&mut self, token: Token, host: &mut H, msg: &[u8], now: Instant) -> std::io::Result<usize> {
+    pub fn send<H: HostIo>(
+        &mut self,
+        token: Token,
+        host: &mut H,
+        msg: &[u8],
+        now: Instant,
+    ) -> std::io::Result<usize> {
         self.last_active = now;
         host.icmp_send_to(token, msg, (IpAddr::V4(self.remote), 0).into())
     }
@@ -74,7 +86,13 @@ impl IcmpFlow {
     }
 
     /// Receives one echo reply into `buf` as a frame for the guest.
-    pub fn produce<H: HostIo>(&mut self, macs: Macs, token: Token, host: &mut H, buf: &mut [u8]) -> Option<usize> {
+    pub fn produce<H: HostIo>(
+        &mut self,
+        macs: Macs,
+        token: Token,
+        host: &mut H,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         let off = packet::ETH_LEN + packet::ip_len(IpAddr::V4(self.guest));
         loop {
             let n = match host.icmp_recv(token, buf.get_mut(off..)?) {
@@ -93,8 +111,15 @@ impl IcmpFlow {
             }
             pkt.set_echo_ident(self.ident);
             pkt.fill_checksum();
-            return packet::ip_headers(buf, macs, self.remote.into(), self.guest.into(), IpProtocol::Icmp, n)
-                .map(|o| o + n);
+            return packet::ip_headers(
+                buf,
+                macs,
+                self.remote.into(),
+                self.guest.into(),
+                IpProtocol::Icmp,
+                n,
+            )
+            .map(|o| o + n);
         }
     }
 }

@@ -13,6 +13,8 @@
 //! host data straight into the guest frame buffer (see [`tcp`]), which needs
 //! the socket's answer at the moment the decision is made.
 #![forbid(unsafe_code)]
+// Time is an input: clippy.toml lists the clock reads banned here.
+#![deny(clippy::disallowed_methods)]
 
 pub mod arp;
 pub mod config;

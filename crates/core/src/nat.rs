@@ -113,8 +113,18 @@ mod tests {
             ..Config::default()
         };
         let table: &[(&Config, Proto, &str, Verdict)] = &[
-            (&cfg, Proto::Tcp, "10.0.2.2:80", Verdict::Host(sa("127.0.0.1:80"))),
-            (&cfg, Proto::Udp, "10.0.2.2:7", Verdict::Host(sa("127.0.0.1:7"))),
+            (
+                &cfg,
+                Proto::Tcp,
+                "10.0.2.2:80",
+                Verdict::Host(sa("127.0.0.1:80")),
+            ),
+            (
+                &cfg,
+                Proto::Udp,
+                "10.0.2.2:7",
+                Verdict::Host(sa("127.0.0.1:7")),
+            ),
             (&cfg, Proto::Icmp, "10.0.2.2:0", Verdict::Local),
             (&no_lo, Proto::Tcp, "10.0.2.2:80", Verdict::Refuse),
             (&no_lo, Proto::Icmp, "10.0.2.2:0", Verdict::Local),
@@ -126,7 +136,12 @@ mod tests {
             (&cfg, Proto::Udp, "10.0.2.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "255.255.255.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "224.0.0.251:5353", Verdict::Drop),
-            (&cfg, Proto::Tcp, "192.0.2.1:443", Verdict::Host(sa("192.0.2.1:443"))),
+            (
+                &cfg,
+                Proto::Tcp,
+                "192.0.2.1:443",
+                Verdict::Host(sa("192.0.2.1:443")),
+            ),
         ];
         for (cfg, proto, dst, want) in table {
             assert_eq!(outbound(cfg, *proto, sa(dst)), *want, "{proto:?} to {dst}");
@@ -136,13 +151,25 @@ mod tests {
     #[test]
     fn forwarded_clients_keep_their_address() {
         let cfg = Config::default();
-        assert_eq!(guest_visible_source(&cfg, sa("127.0.0.1:5000")), sa("10.0.2.2:5000"));
-        assert_eq!(guest_visible_source(&cfg, sa("[::1]:5000")), sa("10.0.2.2:5000"));
-        assert_eq!(guest_visible_source(&cfg, sa("192.0.2.9:5000")), sa("192.0.2.9:5000"));
+        assert_eq!(
+            guest_visible_source(&cfg, sa("127.0.0.1:5000")),
+            sa("10.0.2.2:5000")
+        );
+        assert_eq!(
+            guest_visible_source(&cfg, sa("[::1]:5000")),
+            sa("10.0.2.2:5000")
+        );
+        assert_eq!(
+            guest_visible_source(&cfg, sa("192.0.2.9:5000")),
+            sa("192.0.2.9:5000")
+        );
         assert_eq!(
             guest_visible_source(&cfg, sa("[::ffff:192.0.2.9]:5000")),
             sa("192.0.2.9:5000")
         );
-        assert_eq!(guest_visible_source(&cfg, sa("10.0.2.99:5000")), sa("10.0.2.2:5000"));
+        assert_eq!(
+            guest_visible_source(&cfg, sa("10.0.2.99:5000")),
+            sa("10.0.2.2:5000")
+        );
     }
 }

@@ -167,7 +167,14 @@ pub struct Segment {
 /// Writes a TCP ACK|PSH segment whose `len` payload bytes are already in
 /// place at [`tcp_payload_offset`]; returns the frame length.
 pub fn tcp_in_place(buf: &mut [u8], macs: Macs, seg: &Segment, len: usize) -> Option<usize> {
-    let off = ip_headers(buf, macs, seg.src.0, seg.dst.0, IpProtocol::Tcp, TCP_LEN + len)?;
+    let off = ip_headers(
+        buf,
+        macs,
+        seg.src.0,
+        seg.dst.0,
+        IpProtocol::Tcp,
+        TCP_LEN + len,
+    )?;
     let end = off + TCP_LEN + len;
     let mut pkt = TcpPacket::new_unchecked(&mut buf[off..end]);
     pkt.set_src_port(seg.src.1);
@@ -206,7 +213,10 @@ mod tests {
         assert!(ip.verify_checksum());
         let udp = UdpPacket::new_checked(ip.payload()).expect("udp");
         assert!(udp.verify_checksum(&src.into(), &dst.into()));
-        assert_eq!((udp.src_port(), udp.dst_port(), udp.payload()), (53, 4444, &b"hello"[..]));
+        assert_eq!(
+            (udp.src_port(), udp.dst_port(), udp.payload()),
+            (53, 4444, &b"hello"[..])
+        );
     }
 
     #[test]

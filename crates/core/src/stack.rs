@@ -58,7 +58,7 @@ pub struct Counters {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A port forward's host socket could not listen.
-    #[error("--hostfwd {spec}: cannot listen: {source}")]
+    #[error("--hostfwd {spec}: cannot listen")]
     Listen {
         /// The forward, as the user wrote it.
         spec: String,
@@ -199,7 +199,7 @@ impl Stack {
             let token = listener_token(self.listeners.len());
             host.listen(token, fwd.proto, fwd.host)
                 .map_err(|source| StartError::Listen {
-                    spec: format!("{fwd:?}"),
+                    spec: fwd.to_string(),
                     source,
                 })?;
             self.listeners.push(Listener {
@@ -258,7 +258,13 @@ impl Stack {
         }
     }
 
-    fn ipv4<H: HostIo>(&mut self, now: Instant, src_mac: EthernetAddress, payload: &[u8], host: &mut H) {
+    fn ipv4<H: HostIo>(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        payload: &[u8],
+        host: &mut H,
+    ) {
         let caps = ChecksumCapabilities::default();
         let Ok(pkt) = Ipv4Packet::new_checked(payload) else {
             self.counters.malformed += 1;
@@ -381,7 +387,14 @@ impl Stack {
     /// ICMP "destination unreachable" back to the guest for a packet it
     /// sent from `guest` to `remote` (`original`: its IP header and the
     /// first 8 bytes of its payload, rebuilt).
-    fn unreachable(&mut self, code: Icmpv4DstUnreachable, proto: IpProtocol, guest: SocketAddr, remote: SocketAddr, l4: &[u8]) {
+    fn unreachable(
+        &mut self,
+        code: Icmpv4DstUnreachable,
+        proto: IpProtocol,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        l4: &[u8],
+    ) {
         let (IpAddr::V4(g), IpAddr::V4(r)) = (guest.ip(), remote.ip()) else {
             return;
         };
@@ -399,10 +412,18 @@ impl Stack {
             data,
         };
         let (macs, from) = (self.macs(), self.cfg.host);
-        self.out.push_with(|buf| icmp::emit(buf, macs, from, g, &repr));
+        self.out
+            .push_with(|buf| icmp::emit(buf, macs, from, g, &repr));
     }
 
-    fn udp<H: HostIo>(&mut self, now: Instant, guest: SocketAddr, remote: SocketAddr, payload: &[u8], host: &mut H) {
+    fn udp<H: HostIo>(
+        &mut self,
+        now: Instant,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        payload: &[u8],
+        host: &mut H,
+    ) {
         let key = Key {
             proto: Proto::Udp,
             guest,
@@ -417,7 +438,13 @@ impl Stack {
                         if let Some(answer) = dns::local_answer(payload, &self.cfg.dns_hosts) {
                             let macs = self.macs();
                             self.out.push_with(|buf| {
-                                packet::udp(buf, macs, (remote.ip(), 53), (guest.ip(), guest.port()), &answer)
+                                packet::udp(
+                                    buf,
+                                    macs,
+                                    (remote.ip(), 53),
+                                    (guest.ip(), guest.port()),
+                                    &answer,
+                                )
                             });
                             return;
                         }
@@ -427,7 +454,13 @@ impl Stack {
                                 if let Some(fail) = dns::servfail(payload) {
                                     let macs = self.macs();
                                     self.out.push_with(|buf| {
-                                        packet::udp(buf, macs, (remote.ip(), 53), (guest.ip(), guest.port()), &fail)
+                                        packet::udp(
+                                            buf,
+                                            macs,
+                                            (remote.ip(), 53),
+                                            (guest.ip(), guest.port()),
+                                            &fail,
+                                        )
                                     });
                                 }
                                 return;
@@ -436,7 +469,9 @@ impl Stack {
                     }
                     Verdict::Refuse => {
                         self.counters.policy_refused += 1;
-                        let code = if remote.ip() == IpAddr::V4(self.cfg.dns) || remote.ip() == IpAddr::V4(self.cfg.host) {
+                        let code = if remote.ip() == IpAddr::V4(self.cfg.dns)
+                            || remote.ip() == IpAddr::V4(self.cfg.host)
+                        {
                             Icmpv4DstUnreachable::PortUnreachable
                         } else {
                             Icmpv4DstUnreachable::HostUnreachable
@@ -455,7 +490,10 @@ impl Stack {
                 if !self.make_room(host) {
                     return;
                 }
-                let Ok(id) = self.flows.insert(key, Flow::Udp(UdpFlow::new(guest, remote, kind, now))) else {
+                let Ok(id) = self
+                    .flows
+                    .insert(key, Flow::Udp(UdpFlow::new(guest, remote, kind, now)))
+                else {
                     return;
                 };
                 let (udp::Kind::Outbound(dst) | udp::Kind::Dns(dst)) = kind else {
@@ -477,7 +515,14 @@ impl Stack {
         self.settle(id, false, host);
     }
 
-    fn tcp<H: HostIo>(&mut self, now: Instant, guest: SocketAddr, remote: SocketAddr, seg: &TcpRepr, host: &mut H) {
+    fn tcp<H: HostIo>(
+        &mut self,
+        now: Instant,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        seg: &TcpRepr,
+        host: &mut H,
+    ) {
         let key = Key {
             proto: Proto::Tcp,
             guest,
@@ -535,7 +580,14 @@ impl Stack {
             .push_with(|buf| packet::tcp(buf, macs, remote.ip(), guest.ip(), &rst));
     }
 
-    fn icmp<H: HostIo>(&mut self, now: Instant, src: Ipv4Addr, dst: Ipv4Addr, data: &[u8], host: &mut H) {
+    fn icmp<H: HostIo>(
+        &mut self,
+        now: Instant,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        data: &[u8],
+        host: &mut H,
+    ) {
         let caps = ChecksumCapabilities::default();
         let Ok(pkt) = Icmpv4Packet::new_checked(data) else {
             self.counters.malformed += 1;
@@ -545,7 +597,12 @@ impl Stack {
             self.counters.malformed += 1;
             return;
         };
-        let Icmpv4Repr::EchoRequest { ident, seq_no, data: body } = repr else {
+        let Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data: body,
+        } = repr
+        else {
             self.counters.ignored += 1;
             return;
         };
@@ -553,8 +610,13 @@ impl Stack {
         let macs = self.macs();
         match nat::outbound(&self.cfg, Proto::Icmp, remote) {
             Verdict::Local => {
-                let reply = Icmpv4Repr::EchoReply { ident, seq_no, data: body };
-                self.out.push_with(|buf| icmp::emit(buf, macs, dst, src, &reply));
+                let reply = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data: body,
+                };
+                self.out
+                    .push_with(|buf| icmp::emit(buf, macs, dst, src, &reply));
             }
             Verdict::Host(_) | Verdict::Dns => {
                 let key = Key {
@@ -593,7 +655,13 @@ impl Stack {
                     if e.kind() != ErrorKind::WouldBlock {
                         let l4 = &data[..data.len().min(8)];
                         let guest = SocketAddr::new(src.into(), 0);
-                        self.unreachable(Icmpv4DstUnreachable::HostUnreachable, IpProtocol::Icmp, guest, remote, l4);
+                        self.unreachable(
+                            Icmpv4DstUnreachable::HostUnreachable,
+                            IpProtocol::Icmp,
+                            guest,
+                            remote,
+                            l4,
+                        );
                     }
                 }
                 self.settle(id, false, host);
@@ -602,7 +670,13 @@ impl Stack {
                 self.counters.policy_refused += 1;
                 let l4 = &data[..data.len().min(8)];
                 let guest = SocketAddr::new(src.into(), 0);
-                self.unreachable(Icmpv4DstUnreachable::HostUnreachable, IpProtocol::Icmp, guest, remote, l4);
+                self.unreachable(
+                    Icmpv4DstUnreachable::HostUnreachable,
+                    IpProtocol::Icmp,
+                    guest,
+                    remote,
+                    l4,
+                );
             }
             Verdict::Drop => self.counters.ignored += 1,
         }
@@ -684,7 +758,10 @@ impl Stack {
                 remote: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
             };
             let iss = TcpSeqNumber(splitmix(&mut self.rng) as i32);
-            let Ok(id) = self.flows.insert(placeholder, Flow::Tcp(TcpFlow::inbound(&placeholder, iss, now))) else {
+            let Ok(id) = self.flows.insert(
+                placeholder,
+                Flow::Tcp(TcpFlow::inbound(&placeholder, iss, now)),
+            ) else {
                 return;
             };
             let client = match host.accept(listener, id.token()) {
@@ -747,7 +824,12 @@ impl Stack {
     /// [`Config::max_frame`] bytes) and returns its length, or `None` when
     /// nothing is pending. TCP payload is peeked from the host socket
     /// straight into `buf`.
-    pub fn poll_frame<H: HostIo>(&mut self, now: Instant, buf: &mut [u8], host: &mut H) -> Option<usize> {
+    pub fn poll_frame<H: HostIo>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        host: &mut H,
+    ) -> Option<usize> {
         let n = self
             .out
             .pop_into(buf)
@@ -757,7 +839,12 @@ impl Stack {
         Some(n)
     }
 
-    fn poll_flows<H: HostIo>(&mut self, now: Instant, buf: &mut [u8], host: &mut H) -> Option<usize> {
+    fn poll_flows<H: HostIo>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        host: &mut H,
+    ) -> Option<usize> {
         let gateway = IpAddr::V4(self.cfg.host);
         while let Some(id) = self.flows.next_ready() {
             let env = env(&self.cfg, self.guest_mac, now);
@@ -778,7 +865,12 @@ impl Stack {
         None
     }
 
-    fn poll_listeners<H: HostIo>(&mut self, now: Instant, buf: &mut [u8], host: &mut H) -> Option<usize> {
+    fn poll_listeners<H: HostIo>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        host: &mut H,
+    ) -> Option<usize> {
         for i in 0..self.listeners.len() {
             while self.listeners[i].readable {
                 let fwd = self.listeners[i].fwd;
@@ -804,8 +896,14 @@ impl Stack {
                         if !self.make_room(host) {
                             continue;
                         }
-                        let kind = udp::Kind::Forwarded { listener: token, client };
-                        let Ok(id) = self.flows.insert(key, Flow::Udp(UdpFlow::new(guest, remote, kind, now))) else {
+                        let kind = udp::Kind::Forwarded {
+                            listener: token,
+                            client,
+                        };
+                        let Ok(id) = self
+                            .flows
+                            .insert(key, Flow::Udp(UdpFlow::new(guest, remote, kind, now)))
+                        else {
                             continue;
                         };
                         id
@@ -816,7 +914,13 @@ impl Stack {
                 }
                 self.settle(id, false, host);
                 let macs = self.macs();
-                return packet::udp_in_place(buf, macs, (remote.ip(), remote.port()), (guest.ip(), guest.port()), n);
+                return packet::udp_in_place(
+                    buf,
+                    macs,
+                    (remote.ip(), remote.port()),
+                    (guest.ip(), guest.port()),
+                    n,
+                );
             }
         }
         None

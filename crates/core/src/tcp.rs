@@ -204,7 +204,13 @@ impl TcpFlow {
     }
 
     /// A flow for a guest SYN whose host connect has been started.
-    pub fn outbound(cfg: &Config, key: &Key, syn: &TcpRepr, iss: TcpSeqNumber, now: Instant) -> Self {
+    pub fn outbound(
+        cfg: &Config,
+        key: &Key,
+        syn: &TcpRepr,
+        iss: TcpSeqNumber,
+        now: Instant,
+    ) -> Self {
         let mut f = TcpFlow::new(key, State::Connecting, iss, now);
         f.take_syn_options(cfg, syn);
         f
@@ -268,7 +274,11 @@ impl TcpFlow {
 
     /// Our window field for the guest.
     fn window_field(&self) -> u16 {
-        let bytes = if self.host_full { 0 } else { self.space.min(MAX_WINDOW) };
+        let bytes = if self.host_full {
+            0
+        } else {
+            self.space.min(MAX_WINDOW)
+        };
         (bytes >> self.our_wscale).min(usize::from(u16::MAX)) as u16
     }
 
@@ -329,7 +339,8 @@ impl TcpFlow {
         match self.state {
             State::Connecting => return Status::Open, // a retransmitted SYN
             State::SynSent => {
-                let syn_ack = seg.control == TcpControl::Syn && seg.ack_number == Some(self.snd_nxt);
+                let syn_ack =
+                    seg.control == TcpControl::Syn && seg.ack_number == Some(self.snd_nxt);
                 if !syn_ack {
                     return Status::Open;
                 }
@@ -429,7 +440,7 @@ impl TcpFlow {
             }
         }
         if fin {
-            self.rcv_nxt = self.rcv_nxt + 1;
+            self.rcv_nxt += 1;
             self.guest_fin = true;
             host.tcp_shutdown_write(token);
         }
@@ -461,7 +472,10 @@ impl TcpFlow {
             State::Connecting if ev.writable || ev.error => {
                 if let Some(err) = host.take_error(token) {
                     tracing::debug!(%err, remote = %self.remote, "host connect failed");
-                    if matches!(err.kind(), ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) {
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+                    ) {
                         return Status::Unreachable;
                     }
                     self.reset_guest_on_connect(env, out);
@@ -515,14 +529,24 @@ impl TcpFlow {
     }
 
     /// Runs the flow's timers.
-    pub fn on_timer<H: HostIo>(&mut self, env: &Env, token: Token, host: &mut H, out: &mut Output) -> Status {
+    pub fn on_timer<H: HostIo>(
+        &mut self,
+        env: &Env,
+        token: Token,
+        host: &mut H,
+        out: &mut Output,
+    ) -> Status {
         let now = env.now;
         match self.state {
             State::Connecting if now >= self.since + CONNECT_TIMEOUT => return Status::Closed,
             State::Lingering if now >= self.since + LINGER => return Status::Closed,
             _ => {}
         }
-        let idle = if self.guest_fin || self.fin_sent { HALF_CLOSED_TIMEOUT } else { IDLE_TIMEOUT };
+        let idle = if self.guest_fin || self.fin_sent {
+            HALF_CLOSED_TIMEOUT
+        } else {
+            IDLE_TIMEOUT
+        };
         if self.state != State::Lingering && now >= self.last_active + idle {
             self.reset_guest(env, out);
             return Status::Closed;
@@ -581,7 +605,13 @@ impl TcpFlow {
 
     /// Builds the next frame for the guest in `buf`: data peeked from the
     /// host socket, our FIN, or a pure ACK / window update.
-    pub fn produce<H: HostIo>(&mut self, env: &Env, token: Token, host: &mut H, buf: &mut [u8]) -> Option<usize> {
+    pub fn produce<H: HostIo>(
+        &mut self,
+        env: &Env,
+        token: Token,
+        host: &mut H,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         if self.state == State::Established && self.readable && !self.host_eof {
             let window = self.snd_wnd.saturating_sub(self.in_flight());
             let off = packet::tcp_payload_offset(self.guest.ip());
@@ -626,7 +656,14 @@ impl TcpFlow {
         Some(n)
     }
 
-    fn emit_at(&self, env: &Env, buf: &mut [u8], seq: TcpSeqNumber, len: usize, fin: bool) -> Option<usize> {
+    fn emit_at(
+        &self,
+        env: &Env,
+        buf: &mut [u8],
+        seq: TcpSeqNumber,
+        len: usize,
+        fin: bool,
+    ) -> Option<usize> {
         let seg = Segment {
             src: (self.remote.ip(), self.remote.port()),
             dst: (self.guest.ip(), self.guest.port()),

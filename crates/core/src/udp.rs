@@ -69,7 +69,13 @@ impl UdpFlow {
     }
 
     /// Sends a guest datagram to the host.
-    pub fn send<H: HostIo>(&mut self, token: Token, host: &mut H, data: &[u8], now: Instant) -> io::Result<usize> {
+    pub fn send<H: HostIo>(
+        &mut self,
+        token: Token,
+        host: &mut H,
+        data: &[u8],
+        now: Instant,
+    ) -> io::Result<usize> {
         self.last_active = now;
         match self.kind {
             Kind::Outbound(dst) | Kind::Dns(dst) => host.udp_send_to(token, data, dst),
@@ -99,7 +105,14 @@ impl UdpFlow {
 
     /// Receives one host datagram into `buf` as a frame for the guest.
     /// Datagrams from sources the guest could not answer are dropped.
-    pub fn produce<H: HostIo>(&mut self, macs: Macs, token: Token, host: &mut H, buf: &mut [u8], gateway: IpAddr) -> Option<usize> {
+    pub fn produce<H: HostIo>(
+        &mut self,
+        macs: Macs,
+        token: Token,
+        host: &mut H,
+        buf: &mut [u8],
+        gateway: IpAddr,
+    ) -> Option<usize> {
         let off = packet::udp_payload_offset(self.guest.ip());
         loop {
             let payload = buf.get_mut(off..)?;
@@ -122,7 +135,13 @@ impl UdpFlow {
                 _ if from.is_ipv4() == self.guest.is_ipv4() => from,
                 _ => continue,
             };
-            return packet::udp_in_place(buf, macs, (src.ip(), src.port()), (self.guest.ip(), self.guest.port()), n);
+            return packet::udp_in_place(
+                buf,
+                macs,
+                (src.ip(), src.port()),
+                (self.guest.ip(), self.guest.port()),
+                n,
+            );
         }
     }
 }

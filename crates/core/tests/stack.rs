@@ -47,11 +47,23 @@ struct FakeHost {
 
 impl FakeHost {
     fn sock(&mut self, t: Token) -> io::Result<&mut FakeSocket> {
-        self.socks.get_mut(&t).ok_or_else(|| io::Error::from(ErrorKind::NotFound))
+        self.socks
+            .get_mut(&t)
+            .ok_or_else(|| io::Error::from(ErrorKind::NotFound))
     }
     fn only(&self, pred: impl Fn(&FakeSocket) -> bool) -> Token {
-        let found: Vec<_> = self.socks.iter().filter(|(_, s)| pred(s)).map(|(t, _)| *t).collect();
-        assert_eq!(found.len(), 1, "expected one matching socket: {:?}", self.socks);
+        let found: Vec<_> = self
+            .socks
+            .iter()
+            .filter(|(_, s)| pred(s))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one matching socket: {:?}",
+            self.socks
+        );
         found[0]
     }
 }
@@ -81,7 +93,11 @@ impl HostIo for FakeHost {
     fn tcp_peek(&mut self, token: Token, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
         let s = self.sock(token)?;
         if skip >= s.rx.len() {
-            return if s.eof { Ok(0) } else { Err(ErrorKind::WouldBlock.into()) };
+            return if s.eof {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
         }
         let n = buf.len().min(s.rx.len() - skip);
         buf[..n].copy_from_slice(&s.rx[skip..skip + n]);
@@ -115,7 +131,11 @@ impl HostIo for FakeHost {
         Ok(data.len())
     }
     fn udp_recv_from(&mut self, token: Token, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (d, from) = self.sock(token)?.datagrams.pop_front().ok_or(ErrorKind::WouldBlock)?;
+        let (d, from) = self
+            .sock(token)?
+            .datagrams
+            .pop_front()
+            .ok_or(ErrorKind::WouldBlock)?;
         buf[..d.len()].copy_from_slice(&d);
         Ok((d.len(), from))
     }
@@ -134,7 +154,10 @@ impl HostIo for FakeHost {
         Ok(())
     }
     fn accept(&mut self, _listener: Token, token: Token) -> io::Result<SocketAddr> {
-        let peer = self.pending_accept.pop_front().ok_or(ErrorKind::WouldBlock)?;
+        let peer = self
+            .pending_accept
+            .pop_front()
+            .ok_or(ErrorKind::WouldBlock)?;
         self.socks.insert(
             token,
             FakeSocket {
@@ -224,7 +247,15 @@ impl Rig {
         out
     }
 
-    fn tcp_in(&mut self, dst: SocketAddr, sport: u16, control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) {
+    fn tcp_in(
+        &mut self,
+        dst: SocketAddr,
+        sport: u16,
+        control: TcpControl,
+        seq: u32,
+        ack: Option<u32>,
+        payload: &[u8],
+    ) {
         let repr = TcpRepr {
             src_port: sport,
             dst_port: dst.port(),
@@ -239,7 +270,9 @@ impl Rig {
             timestamp: None,
             payload,
         };
-        let std::net::IpAddr::V4(dip) = dst.ip() else { panic!("v4 only") };
+        let std::net::IpAddr::V4(dip) = dst.ip() else {
+            panic!("v4 only")
+        };
         let f = ip_frame(GUEST_IP, dip, IpProtocol::Tcp, repr.buffer_len(), |b| {
             repr.emit(
                 &mut TcpPacket::new_unchecked(b),
@@ -252,7 +285,13 @@ impl Rig {
     }
 }
 
-fn ip_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, len: usize, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
+fn ip_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    len: usize,
+    body: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
     let mut f = vec![0u8; 14 + 20 + len];
     EthernetRepr {
         src_addr: GUEST_MAC,
@@ -267,13 +306,18 @@ fn ip_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, len: usize, body: i
         payload_len: len,
         hop_limit: 64,
     }
-    .emit(&mut Ipv4Packet::new_unchecked(&mut f[14..34]), &ChecksumCapabilities::default());
+    .emit(
+        &mut Ipv4Packet::new_unchecked(&mut f[14..34]),
+        &ChecksumCapabilities::default(),
+    );
     body(&mut f[34..]);
     f
 }
 
 fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else { panic!("v4") };
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("v4")
+    };
     let repr = UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
@@ -358,9 +402,15 @@ fn gw(port: u16) -> SocketAddr {
 /// socket's token and our initial sequence number + 1.
 fn established(rig: &mut Rig, port: u16) -> (Token, u32) {
     rig.tcp_in(gw(port), 40000, TcpControl::Syn, 1000, None, &[]);
-    assert!(rig.drain().is_empty(), "no SYN-ACK before the host connect completes");
+    assert!(
+        rig.drain().is_empty(),
+        "no SYN-ACK before the host connect completes"
+    );
     let tok = rig.host.only(|s| s.connect_to.is_some());
-    assert_eq!(rig.host.socks[&tok].connect_to, Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    assert_eq!(
+        rig.host.socks[&tok].connect_to,
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    );
     rig.event(tok, false, true, false);
     let synack = only_tcp(rig.drain());
     assert_eq!(synack.control, TcpControl::Syn);
@@ -385,14 +435,25 @@ fn tcp_data_both_ways_and_close() {
     assert_eq!(ack.ack, Some(TcpSeqNumber(1006)));
 
     // Host -> guest: peeked, kept until acknowledged.
-    rig.host.socks.get_mut(&tok).expect("sock").rx.extend_from_slice(b"world!");
+    rig.host
+        .socks
+        .get_mut(&tok)
+        .expect("sock")
+        .rx
+        .extend_from_slice(b"world!");
     rig.event(tok, true, false, false);
     let data = only_tcp(rig.drain());
     assert_eq!(data.payload, b"world!");
     assert_eq!(data.seq, TcpSeqNumber(iss1 as i32));
-    assert_eq!(rig.host.socks[&tok].rx, b"world!", "not discarded before the ACK");
+    assert_eq!(
+        rig.host.socks[&tok].rx, b"world!",
+        "not discarded before the ACK"
+    );
     rig.tcp_in(gw(8080), 40000, TcpControl::None, 1006, Some(iss1 + 6), &[]);
-    assert!(rig.host.socks[&tok].rx.is_empty(), "discarded once acknowledged");
+    assert!(
+        rig.host.socks[&tok].rx.is_empty(),
+        "discarded once acknowledged"
+    );
 
     // Guest FIN -> shutdown(SHUT_WR); host EOF -> FIN to the guest.
     rig.tcp_in(gw(8080), 40000, TcpControl::Fin, 1006, Some(iss1 + 6), &[]);
@@ -403,7 +464,10 @@ fn tcp_data_both_ways_and_close() {
     assert_eq!(fin.control, TcpControl::Fin);
     assert_eq!(fin.ack, Some(TcpSeqNumber(1007)));
     rig.tcp_in(gw(8080), 40000, TcpControl::None, 1007, Some(iss1 + 7), &[]);
-    assert!(rig.host.closed.contains(&tok), "host socket closed once both sides are done");
+    assert!(
+        rig.host.closed.contains(&tok),
+        "host socket closed once both sides are done"
+    );
     rig.advance(Duration::from_secs(10));
     assert_eq!(rig.stack.flow_count(), 0, "linger ends");
 }
@@ -413,7 +477,14 @@ fn tcp_back_pressure_is_a_zero_window_then_retransmission_request() {
     let mut rig = Rig::new(Config::default());
     let (tok, iss1) = established(&mut rig, 8080);
     rig.host.socks.get_mut(&tok).expect("sock").send_room = 3;
-    rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1001, Some(iss1), b"abcdef");
+    rig.tcp_in(
+        gw(8080),
+        40000,
+        TcpControl::Psh,
+        1001,
+        Some(iss1),
+        b"abcdef",
+    );
     assert_eq!(rig.host.socks[&tok].sent, b"abc");
     let ack = only_tcp(rig.drain());
     assert_eq!((ack.ack, ack.window), (Some(TcpSeqNumber(1004)), 0));
@@ -427,7 +498,10 @@ fn tcp_back_pressure_is_a_zero_window_then_retransmission_request() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert!(acks.len() >= 3, "window update plus duplicate ACKs: {acks:?}");
+    assert!(
+        acks.len() >= 3,
+        "window update plus duplicate ACKs: {acks:?}"
+    );
     assert!(acks.iter().all(|a| *a == (Some(TcpSeqNumber(1004)), true)));
     rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1004, Some(iss1), b"def");
     assert_eq!(rig.host.socks[&tok].sent, b"abcdef");
@@ -437,7 +511,12 @@ fn tcp_back_pressure_is_a_zero_window_then_retransmission_request() {
 fn tcp_retransmits_from_the_socket_on_timeout() {
     let mut rig = Rig::new(Config::default());
     let (tok, _iss1) = established(&mut rig, 8080);
-    rig.host.socks.get_mut(&tok).expect("sock").rx.extend_from_slice(b"lost?");
+    rig.host
+        .socks
+        .get_mut(&tok)
+        .expect("sock")
+        .rx
+        .extend_from_slice(b"lost?");
     rig.event(tok, true, false, false);
     let first = only_tcp(rig.drain());
     rig.advance(Duration::from_millis(1500));
@@ -479,7 +558,10 @@ fn tcp_stray_segment_gets_a_reset_and_policy_refusals_count() {
     rig.tcp_in(gw(80), 40003, TcpControl::Syn, 1, None, &[]);
     assert_eq!(only_tcp(rig.drain()).control, TcpControl::Rst);
     assert_eq!(rig.stack.counters().policy_refused, 1);
-    assert!(rig.host.socks.is_empty(), "no host socket for refused flows");
+    assert!(
+        rig.host.socks.is_empty(),
+        "no host socket for refused flows"
+    );
 }
 
 #[test]
@@ -504,7 +586,9 @@ fn port_forward_connects_to_the_guest() {
         ..Config::default()
     });
     let (ltok, _, _) = rig.host.listening[0];
-    rig.host.pending_accept.push_back("192.0.2.7:5555".parse().expect("addr"));
+    rig.host
+        .pending_accept
+        .push_back("192.0.2.7:5555".parse().expect("addr"));
     rig.event(ltok, true, false, false);
     let out = rig.drain();
     let syn = out
@@ -514,16 +598,37 @@ fn port_forward_connects_to_the_guest() {
             _ => None,
         })
         .expect("a SYN to the guest");
-    assert_eq!(syn.0, Ipv4Addr::new(192, 0, 2, 7), "the guest sees the real client");
-    assert_eq!((syn.1, syn.2.dst_port, syn.2.control), (GUEST_IP, 22, TcpControl::Syn));
+    assert_eq!(
+        syn.0,
+        Ipv4Addr::new(192, 0, 2, 7),
+        "the guest sees the real client"
+    );
+    assert_eq!(
+        (syn.1, syn.2.dst_port, syn.2.control),
+        (GUEST_IP, 22, TcpControl::Syn)
+    );
     let iss = syn.2.seq.0 as u32;
     let client = SocketAddr::from(([192, 0, 2, 7], 5555));
     // Guest answers SYN-ACK; the stack ACKs; data flows.
-    rig.tcp_in(client, 22, TcpControl::Syn, 9000, Some(iss.wrapping_add(1)), &[]);
+    rig.tcp_in(
+        client,
+        22,
+        TcpControl::Syn,
+        9000,
+        Some(iss.wrapping_add(1)),
+        &[],
+    );
     let ack = only_tcp(rig.drain());
     assert_eq!(ack.ack, Some(TcpSeqNumber(9001)));
     let tok = rig.host.only(|s| s.send_room == usize::MAX);
-    rig.tcp_in(client, 22, TcpControl::Psh, 9001, Some(iss.wrapping_add(1)), b"SSH-2.0");
+    rig.tcp_in(
+        client,
+        22,
+        TcpControl::Psh,
+        9001,
+        Some(iss.wrapping_add(1)),
+        b"SSH-2.0",
+    );
     assert_eq!(rig.host.socks[&tok].sent, b"SSH-2.0");
 }
 
@@ -544,20 +649,36 @@ fn udp_dns_local_names_and_forwarding() {
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
     rig.frame(&udp_frame(guest, dns, &q));
     let out = rig.drain();
-    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    let [Out::Udp(src, dst, reply)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!((*src, *dst), (dns, guest));
-    assert_eq!(&reply[reply.len() - 4..], &[10, 0, 2, 2], "host.internal is the gateway");
+    assert_eq!(
+        &reply[reply.len() - 4..],
+        &[10, 0, 2, 2],
+        "host.internal is the gateway"
+    );
     // Another name goes upstream, and the reply comes back from 10.0.2.3.
     let mut q2 = q.clone();
     q2[13] = b'x';
     rig.frame(&udp_frame(guest, dns, &q2));
     let tok = rig.host.only(|s| !s.sent_to.is_empty());
-    assert_eq!(rig.host.socks[&tok].sent_to[0].1, "127.0.0.1:5353".parse().expect("a"));
+    assert_eq!(
+        rig.host.socks[&tok].sent_to[0].1,
+        "127.0.0.1:5353".parse().expect("a")
+    );
     let upstream = "127.0.0.1:5353".parse().expect("a");
-    rig.host.socks.get_mut(&tok).expect("s").datagrams.push_back((b"answer".to_vec(), upstream));
+    rig.host
+        .socks
+        .get_mut(&tok)
+        .expect("s")
+        .datagrams
+        .push_back((b"answer".to_vec(), upstream));
     rig.event(tok, true, false, false);
     let out = rig.drain();
-    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    let [Out::Udp(src, dst, reply)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!((*src, *dst, &reply[..]), (dns, guest, &b"answer"[..]));
     rig.advance(Duration::from_secs(30));
     assert_eq!(rig.stack.flow_count(), 0, "idle UDP flows expire");
@@ -569,12 +690,22 @@ fn udp_to_the_gateway_reaches_host_loopback() {
     let guest = SocketAddr::from((GUEST_IP, 40000));
     rig.frame(&udp_frame(guest, gw(7), b"ping"));
     let tok = rig.host.only(|s| !s.sent_to.is_empty());
-    assert_eq!(rig.host.socks[&tok].sent_to[0], (b"ping".to_vec(), "127.0.0.1:7".parse().expect("a")));
+    assert_eq!(
+        rig.host.socks[&tok].sent_to[0],
+        (b"ping".to_vec(), "127.0.0.1:7".parse().expect("a"))
+    );
     let lo = "127.0.0.1:7".parse().expect("a");
-    rig.host.socks.get_mut(&tok).expect("s").datagrams.push_back((b"pong".to_vec(), lo));
+    rig.host
+        .socks
+        .get_mut(&tok)
+        .expect("s")
+        .datagrams
+        .push_back((b"pong".to_vec(), lo));
     rig.event(tok, true, false, false);
     let out = rig.drain();
-    let [Out::Udp(src, dst, reply)] = &out[..] else { panic!("{out:?}") };
+    let [Out::Udp(src, dst, reply)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!((*src, *dst, &reply[..]), (gw(7), guest, &b"pong"[..]));
 }
 
@@ -587,11 +718,16 @@ fn ping_to_the_gateway_is_answered_locally() {
         data: b"abcdefgh",
     };
     let f = ip_frame(GUEST_IP, GW, IpProtocol::Icmp, repr.buffer_len(), |b| {
-        repr.emit(&mut Icmpv4Packet::new_unchecked(b), &ChecksumCapabilities::default())
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(b),
+            &ChecksumCapabilities::default(),
+        )
     });
     rig.frame(&f);
     let out = rig.drain();
-    let [Out::Icmp(src, dst, msg)] = &out[..] else { panic!("{out:?}") };
+    let [Out::Icmp(src, dst, msg)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!((*src, *dst), (GW, GUEST_IP));
     assert_eq!(msg[0], 0, "echo reply");
     assert_eq!(&msg[8..], b"abcdefgh");
@@ -621,9 +757,15 @@ fn tcp_unreachable_host_is_an_icmp_error() {
     rig.host.socks.get_mut(&tok).expect("sock").error = Some(ErrorKind::HostUnreachable);
     rig.event(tok, false, true, true);
     let out = rig.drain();
-    let [Out::Icmp(src, dst, msg)] = &out[..] else { panic!("{out:?}") };
+    let [Out::Icmp(src, dst, msg)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!((*src, *dst), (GW, GUEST_IP));
     assert_eq!((msg[0], msg[1]), (3, 1), "destination unreachable, host");
-    assert_eq!(&msg[8 + 20..8 + 22], &40004u16.to_be_bytes(), "quotes the SYN");
+    assert_eq!(
+        &msg[8 + 20..8 + 22],
+        &40004u16.to_be_bytes(),
+        "quotes the SYN"
+    );
     assert_eq!(rig.stack.flow_count(), 0);
 }

@@ -268,7 +268,8 @@ mod tests {
             // An oversized length is skipped, not fatal.
             c.write_all(&100_000u32.to_be_bytes()).expect("write");
             c.write_all(&vec![0; 100_000]).expect("write");
-            c.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            c.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
             let mut b = [0u8; 1];
             assert!(c.read(&mut b).is_err(), "the stub stack sends nothing");
         }

@@ -74,7 +74,9 @@ impl Pcap {
 
     /// Appends one frame, stamped with the current wall-clock time.
     pub fn write(&mut self, frame: &[u8]) -> io::Result<()> {
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let orig_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         let data = &frame[..frame.len().min(self.writer.snaplen() as usize)];
         self.writer

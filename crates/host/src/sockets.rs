@@ -115,7 +115,10 @@ impl Poller for MioPoller {
 #[derive(Debug)]
 enum Sock {
     /// A TCP connection, with its tracked `SO_PEEK_OFF` (`None` until set).
-    Tcp { sock: Socket, peek_off: Option<usize> },
+    Tcp {
+        sock: Socket,
+        peek_off: Option<usize>,
+    },
     /// A TCP listener for a port forward.
     Listener(Socket),
     /// A UDP socket (flow or port-forward listener) or an ICMP echo socket.
@@ -439,7 +442,8 @@ impl<P: Poller> HostIo for Sockets<P> {
 
     fn icmp_send_to(&mut self, token: Token, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
         // Ping sockets take no port; the kernel fills in the echo id.
-        self.dgram(token)?.send_to(data, SocketAddr::new(dst.ip(), 0))
+        self.dgram(token)?
+            .send_to(data, SocketAddr::new(dst.ip(), 0))
     }
 
     fn icmp_recv(&mut self, token: Token, buf: &mut [u8]) -> io::Result<usize> {
@@ -543,7 +547,8 @@ mod tests {
 
     fn connected_pair(s: &mut Sockets<Recorder>, t: Token) -> TcpStream {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        s.tcp_connect(t, l.local_addr().expect("addr")).expect("connect");
+        s.tcp_connect(t, l.local_addr().expect("addr"))
+            .expect("connect");
         let (peer, _) = l.accept().expect("accept");
         retry(|| match s.take_error(t) {
             Some(e) => Err(e),

@@ -128,9 +128,7 @@ impl Decoder {
                 }
             }
             let avail = &self.buf[self.start..self.end];
-            let Some(header) = avail.first_chunk::<HEADER_LEN>() else {
-                return None;
-            };
+            let header = avail.first_chunk::<HEADER_LEN>()?;
             let len = u32::from_be_bytes(*header) as usize;
             if len == 0 {
                 self.empty += 1;
@@ -213,7 +211,9 @@ impl Encoder {
     /// Commits the first `len` bytes of the last [`Encoder::slot`] as a
     /// frame and returns it. `len` is clamped to the slot's size.
     pub fn commit(&mut self, len: usize) -> &[u8] {
-        let len = len.min(self.max_frame).min(self.buf.len() - self.end - HEADER_LEN);
+        let len = len
+            .min(self.max_frame)
+            .min(self.buf.len() - self.end - HEADER_LEN);
         let header = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
         self.buf[self.end..self.end + HEADER_LEN].copy_from_slice(&header);
         let frame = self.end + HEADER_LEN..self.end + HEADER_LEN + len;
@@ -366,7 +366,12 @@ impl Transport for StreamServer {
         self.client.is_some()
     }
 
-    fn read_frames(&mut self, registry: &Registry, max: usize, f: &mut dyn FnMut(&[u8])) -> ReadStatus {
+    fn read_frames(
+        &mut self,
+        registry: &Registry,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> ReadStatus {
         let Some(client) = self.client.as_mut() else {
             return ReadStatus::Drained;
         };
@@ -405,9 +410,7 @@ impl Transport for StreamServer {
     }
 
     fn out_slot(&mut self) -> Option<&mut [u8]> {
-        if self.client.is_none() {
-            return None;
-        }
+        self.client.as_ref()?;
         self.encoder.slot()
     }
 
@@ -515,7 +518,7 @@ mod tests {
     impl Write for Trickle {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            if self.calls.is_multiple_of(3) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = b.len().min(self.chunk);

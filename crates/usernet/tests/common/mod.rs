@@ -16,7 +16,8 @@
 //!    counters or on a pcap written with `--pcap` (see [`read_pcap`]).
 //!
 //! The guest's udhcpc default script configures `eth0` and prints the lease
-//! as `lease.FIELD=VALUE` lines; [`lease`] parses them.
+//! as `lease.FIELD=VALUE` lines; [`lease`] parses them. Busybox 1.35's
+//! `wget -T SECS` segfaults: bound a guest command with `timeout SECS CMD`.
 //!
 //! # Network safety
 //! These tests must never reach past this machine. `scripts/test.sh` runs
@@ -66,10 +67,13 @@ pub fn guest_dir() -> PathBuf {
 /// Panics unless this process runs in a network namespace holding only
 /// loopback interfaces, as `scripts/test.sh` sets up.
 pub fn assert_isolated_netns() {
-    let ifaces: Vec<String> = fs::read_dir("/sys/class/net")
-        .expect("read /sys/class/net")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    // /proc/net/dev is per network namespace (/sys/class/net shows the
+    // namespace /sys was mounted in).
+    let ifaces: Vec<String> = fs::read_to_string("/proc/net/dev")
+        .expect("read /proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
         .filter(|name| name != "lo")
         .collect();
     assert!(

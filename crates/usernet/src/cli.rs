@@ -1,0 +1,304 @@
+//! The command line: clap types, their conversion to a [`Config`], and
+//! one-line usage errors.
+//!
+//! Option names and defaults are QEMU's (`-nic user,net=...,host=...`) and
+//! slirp4netns's. As in QEMU, `--host`, `--dns` and `--dhcpstart` default to
+//! host numbers 2, 3 and 15 (`0x202`, `0x203`, `0x20f` masked) inside
+//! `--net`, so `--net 192.168.76.0/24` alone moves them all. A bad value
+//! gives one line on stderr naming the flag and exit code 2 (clap's own
+//! errors run to several lines; [`parse`] folds them).
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use usernet_core::Config;
+use usernet_core::config::{DnsHost, HostFwd, Ipv4Net, parse_dns_upstream};
+
+/// A memory-safe user-mode network stack for QEMU guests.
+#[derive(Debug, Parser)]
+#[command(name = "usernet", version)]
+pub struct Cli {
+    /// More logging: -v logs every frame (debug), -vv everything (trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to serve.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The modes usernet runs in (`ns`, `attach` and `slirp4netns` will join).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a QEMU guest over `-netdev stream` on a unix socket.
+    Qemu(QemuArgs),
+}
+
+/// `usernet qemu`.
+#[derive(Debug, Args)]
+pub struct QemuArgs {
+    /// Unix socket to listen on; QEMU connects with
+    /// `-netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The network and its services.
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// Options every mode shares: the guest network, its services, capture.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// Guest network.
+    #[arg(long, value_name = "ADDR/PREFIX", default_value = "10.0.2.0/24")]
+    pub net: Ipv4Net,
+    /// Gateway address, which reaches the host's loopback [default: host 2
+    /// of --net, 10.0.2.2].
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<Ipv4Addr>,
+    /// DNS forwarder address [default: host 3 of --net, 10.0.2.3].
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<Ipv4Addr>,
+    /// First address leased by DHCP [default: host 15 of --net, 10.0.2.15].
+    #[arg(long, value_name = "ADDR")]
+    pub dhcpstart: Option<Ipv4Addr>,
+    /// Hostname handed out by DHCP.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Domain name handed out by DHCP.
+    #[arg(long, value_name = "NAME")]
+    pub domainname: Option<String>,
+    /// DNS search domain handed out by DHCP (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub dnssearch: Vec<String>,
+    /// Link MTU.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500)]
+    pub mtu: u32,
+    /// Port forward from the host to the guest (repeatable).
+    #[arg(long, value_name = "tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")]
+    pub hostfwd: Vec<HostFwd>,
+    /// Refuse guest connections to the gateway (the host's loopback).
+    #[arg(long)]
+    pub disable_host_loopback: bool,
+    /// Upstream resolver for the DNS forwarder (repeatable) [default: the
+    /// nameservers of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// A name the DNS forwarder answers itself (repeatable).
+    #[arg(long, value_name = "NAME=ADDR")]
+    pub dns_host: Vec<DnsHost>,
+    /// The most flows (TCP, UDP, ICMP) open at once.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_flows)]
+    pub max_flows: usize,
+    /// Capture every frame on the guest link to this pcap file.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+}
+
+/// Host number `n` inside `net`, as QEMU derives its default addresses.
+fn in_net(net: Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) | (n & !u32::from(net.mask())))
+}
+
+impl StackArgs {
+    /// The stack's configuration; `resolv` supplies the upstream resolvers
+    /// when no `--dns-upstream` is given. Not yet validated.
+    pub fn config(&self, resolv: impl FnOnce() -> Vec<SocketAddr>) -> Config {
+        let net = self.net;
+        let dns_upstreams = if self.dns_upstream.is_empty() {
+            resolv()
+        } else {
+            self.dns_upstream.clone()
+        };
+        Config {
+            net,
+            host: self.host.unwrap_or_else(|| in_net(net, 0x202)),
+            dns: self.dns.unwrap_or_else(|| in_net(net, 0x203)),
+            dhcpstart: self.dhcpstart.unwrap_or_else(|| in_net(net, 0x20f)),
+            hostname: self.hostname.clone(),
+            domainname: self.domainname.clone(),
+            dnssearch: self.dnssearch.clone(),
+            mtu: self.mtu,
+            disable_host_loopback: self.disable_host_loopback,
+            dns_upstreams,
+            dns_hosts: self.dns_host.clone(),
+            hostfwd: self.hostfwd.clone(),
+            max_flows: self.max_flows,
+            ..Config::default()
+        }
+    }
+}
+
+/// Why the command line did not yield a [`Cli`].
+#[derive(Debug)]
+pub enum CliError {
+    /// `--help` or `--version`: print it and exit successfully
+    /// (`err.exit()`).
+    Display(clap::Error),
+    /// A usage error, as one line starting with `usernet: `; exit code 2.
+    Usage(String),
+}
+
+/// Folds a clap error's first paragraph into one line.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let para: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = para.join(" ");
+    format!("usernet: {}", line.strip_prefix("error: ").unwrap_or(&line))
+}
+
+/// Parses the command line (`args` includes the program name).
+pub fn parse<I, T>(args: I) -> Result<Cli, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+            CliError::Display(e)
+        }
+        // clap prints the whole help for a missing mode; one line will do.
+        clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        | clap::error::ErrorKind::MissingSubcommand => {
+            CliError::Usage("usernet: a mode is required (qemu); try --help".to_owned())
+        }
+        _ => CliError::Usage(one_line(&e)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu(extra: &[&str]) -> Result<StackArgs, CliError> {
+        let args = ["usernet", "qemu", "--socket", "/tmp/u.sock"];
+        let cli = parse(args.iter().chain(extra))?;
+        let Command::Qemu(q) = cli.command;
+        assert_eq!(q.socket, PathBuf::from("/tmp/u.sock"));
+        Ok(q.stack)
+    }
+
+    fn usage(extra: &[&str]) -> String {
+        match qemu(extra) {
+            Err(CliError::Usage(line)) => line,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_qemus() {
+        let args = qemu(&[]).expect("parses");
+        let c = args.config(|| vec!["192.0.2.1:53".parse().expect("addr")]);
+        let d = Config::default();
+        assert_eq!(
+            (c.net, c.host, c.dns, c.dhcpstart),
+            (d.net, d.host, d.dns, d.dhcpstart)
+        );
+        assert_eq!((c.mtu, c.max_flows), (1500, d.max_flows));
+        assert_eq!(c.dns_upstreams, vec!["192.0.2.1:53".parse().expect("addr")]);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_option_reaches_the_config() {
+        let args = qemu(&[
+            "--net=192.168.76.0/24",
+            "--hostname=vm",
+            "--domainname=example.test",
+            "--dnssearch=a.test",
+            "--dnssearch=b.test",
+            "--mtu=65520",
+            "--hostfwd=tcp:127.0.0.1:2222-:22",
+            "--hostfwd=udp::5353-192.168.76.20:53",
+            "--disable-host-loopback",
+            "--dns-upstream=1.1.1.1",
+            "--dns-upstream=[::1]:5353",
+            "--dns-host=foo.test=10.9.9.9",
+            "--max-flows=10",
+            "--pcap=/tmp/x.pcap",
+            "-vv",
+        ])
+        .expect("parses");
+        assert_eq!(args.pcap, Some(PathBuf::from("/tmp/x.pcap")));
+        let c = args.config(|| panic!("resolv.conf not read when upstreams are given"));
+        assert_eq!(c.host, Ipv4Addr::new(192, 168, 76, 2));
+        assert_eq!(c.dns, Ipv4Addr::new(192, 168, 76, 3));
+        assert_eq!(c.dhcpstart, Ipv4Addr::new(192, 168, 76, 15));
+        assert_eq!(c.hostname.as_deref(), Some("vm"));
+        assert_eq!(c.domainname.as_deref(), Some("example.test"));
+        assert_eq!(c.dnssearch, ["a.test", "b.test"]);
+        assert_eq!(c.mtu, 65520);
+        assert_eq!(c.hostfwd.len(), 2);
+        assert_eq!(
+            c.hostfwd[1].guest_addr,
+            Some(Ipv4Addr::new(192, 168, 76, 20))
+        );
+        assert!(c.disable_host_loopback);
+        assert_eq!(c.dns_upstreams.len(), 2);
+        assert_eq!(c.dns_upstreams[0], "1.1.1.1:53".parse().expect("addr"));
+        assert_eq!(c.dns_hosts[0].name, "foo.test");
+        assert_eq!(c.max_flows, 10);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn explicit_addresses_win_and_wide_nets_follow_qemu() {
+        let c = qemu(&["--net", "10.1.0.0/16", "--dns", "10.1.0.53"])
+            .expect("parses")
+            .config(Vec::new);
+        assert_eq!(c.host, Ipv4Addr::new(10, 1, 2, 2));
+        assert_eq!(c.dns, Ipv4Addr::new(10, 1, 0, 53));
+        assert_eq!(c.dhcpstart, Ipv4Addr::new(10, 1, 2, 15));
+    }
+
+    #[test]
+    fn verbose_is_counted_before_or_after_the_mode() {
+        let cli = parse(["usernet", "-vv", "qemu", "--socket", "s"]).expect("parses");
+        assert_eq!(cli.verbose, 2);
+        let cli = parse(["usernet", "qemu", "--socket", "s", "-v"]).expect("parses");
+        assert_eq!(cli.verbose, 1);
+    }
+
+    #[test]
+    fn bad_values_are_one_line_naming_the_flag() {
+        for (extra, flag) in [
+            (&["--net", "10.0.2/24"][..], "--net"),
+            (&["--mtu", "big"], "--mtu"),
+            (&["--hostfwd", "sctp::1-:2"], "--hostfwd"),
+            (&["--dns-upstream", "resolver"], "--dns-upstream"),
+            (&["--dns-host", "nothing"], "--dns-host"),
+            (&["--host", "10.0.2.300"], "--host"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let line = usage(extra);
+            assert!(!line.contains('\n'), "{line:?}");
+            assert!(line.starts_with("usernet: "), "{line:?}");
+            assert!(line.contains(flag), "{line:?} should name {flag}");
+        }
+        let missing = match parse(["usernet", "qemu"]) {
+            Err(CliError::Usage(line)) => line,
+            other => panic!("expected a usage error, got {other:?}"),
+        };
+        assert!(
+            !missing.contains('\n') && missing.contains("--socket"),
+            "{missing:?}"
+        );
+        assert!(matches!(parse(["usernet"]), Err(CliError::Usage(l)) if l.contains("qemu")));
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        assert!(matches!(
+            parse(["usernet", "--help"]),
+            Err(CliError::Display(_))
+        ));
+        assert!(matches!(
+            parse(["usernet", "--version"]),
+            Err(CliError::Display(_))
+        ));
+    }
+}
