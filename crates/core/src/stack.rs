@@ -124,7 +124,8 @@ pub struct Stack {
     dhcp: dhcp::Server,
     flows: Table<Flow>,
     out: Output,
-    listeners: Vec<Listener>,
+    /// Port-forward listeners by id; removed ones leave a hole.
+    listeners: Vec<Option<Listener>>,
     /// Lingering TCP flows, oldest first: the first to go when the table
     /// is full.
     lingering: VecDeque<FlowId>,
@@ -193,21 +194,64 @@ impl Stack {
         }
     }
 
-    /// Opens the port-forward listeners. Call once, before the first event.
+    /// Opens the port-forward listeners of the configuration. Call once,
+    /// before the first event.
     pub fn start<H: HostIo>(&mut self, host: &mut H) -> Result<(), StartError> {
         for fwd in self.cfg.hostfwd.clone() {
-            let token = listener_token(self.listeners.len());
-            host.listen(token, fwd.proto, fwd.host)
-                .map_err(|source| StartError::Listen {
-                    spec: fwd.to_string(),
-                    source,
-                })?;
-            self.listeners.push(Listener {
-                fwd,
-                readable: false,
-            });
+            self.add_hostfwd(fwd, host)?;
         }
         Ok(())
+    }
+
+    /// Adds a port forward at run time; returns its id.
+    pub fn add_hostfwd<H: HostIo>(
+        &mut self,
+        fwd: HostFwd,
+        host: &mut H,
+    ) -> Result<usize, StartError> {
+        let listen_error = |source| StartError::Listen {
+            spec: fwd.to_string(),
+            source,
+        };
+        if self
+            .hostfwds()
+            .any(|(_, f)| f.proto == fwd.proto && f.host == fwd.host)
+        {
+            return Err(listen_error(ErrorKind::AddrInUse.into()));
+        }
+        let index = match self.listeners.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            }
+        };
+        host.listen(listener_token(index), fwd.proto, fwd.host)
+            .map_err(listen_error)?;
+        self.listeners[index] = Some(Listener {
+            fwd,
+            readable: false,
+        });
+        Ok(index)
+    }
+
+    /// Removes the port forward `id`; connections it made stay up.
+    pub fn remove_hostfwd<H: HostIo>(&mut self, id: usize, host: &mut H) -> bool {
+        match self.listeners.get_mut(id).and_then(Option::take) {
+            Some(_) => {
+                host.close(listener_token(id));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The port forwards in force, with their ids.
+    pub fn hostfwds(&self) -> impl Iterator<Item = (usize, &HostFwd)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, &l.fwd)))
     }
 
     fn macs(&self) -> Macs {
@@ -720,7 +764,7 @@ impl Stack {
 
     fn listener_event<H: HostIo>(&mut self, now: Instant, ev: HostEvent, host: &mut H) {
         let index = (ev.token.0 - FLOW_TOKEN_LIMIT) as usize;
-        let Some(listener) = self.listeners.get_mut(index) else {
+        let Some(Some(listener)) = self.listeners.get_mut(index) else {
             return;
         };
         if !ev.readable {
@@ -872,15 +916,19 @@ impl Stack {
         host: &mut H,
     ) -> Option<usize> {
         for i in 0..self.listeners.len() {
-            while self.listeners[i].readable {
-                let fwd = self.listeners[i].fwd;
+            while let Some(Some(listener)) = self.listeners.get(i)
+                && listener.readable
+            {
+                let fwd = listener.fwd;
                 let guest = self.forward_target(&fwd);
                 let off = packet::udp_payload_offset(guest.ip());
                 let token = listener_token(i);
                 let (n, client) = match host.udp_recv_from(token, buf.get_mut(off..)?) {
                     Ok(r) => r,
                     Err(_) => {
-                        self.listeners[i].readable = false;
+                        if let Some(Some(l)) = self.listeners.get_mut(i) {
+                            l.readable = false;
+                        }
                         continue;
                     }
                 };

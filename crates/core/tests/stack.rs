@@ -769,3 +769,35 @@ fn tcp_unreachable_host_is_an_icmp_error() {
     );
     assert_eq!(rig.stack.flow_count(), 0);
 }
+
+#[test]
+fn port_forwards_are_added_and_removed_at_run_time() {
+    let mut rig = Rig::new(Config::default());
+    let fwd: usernet_core::config::HostFwd = "udp:127.0.0.1:5353-:53".parse().expect("fwd");
+    let id = rig.stack.add_hostfwd(fwd, &mut rig.host).expect("listens");
+    assert!(
+        rig.stack.add_hostfwd(fwd, &mut rig.host).is_err(),
+        "the same host address twice"
+    );
+    assert_eq!(rig.stack.hostfwds().collect::<Vec<_>>(), vec![(id, &fwd)]);
+    let (ltok, _, _) = rig.host.listening[0];
+    rig.host
+        .socks
+        .get_mut(&ltok)
+        .expect("l")
+        .datagrams
+        .push_back((b"q".to_vec(), "127.0.0.1:999".parse().expect("a")));
+    rig.event(ltok, true, false, false);
+    let out = rig.drain();
+    let [Out::Udp(src, dst, data)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (*src, *dst, &data[..]),
+        (gw(999), SocketAddr::from(([10, 0, 2, 15], 53)), &b"q"[..])
+    );
+    assert!(rig.stack.remove_hostfwd(id, &mut rig.host));
+    assert!(!rig.stack.remove_hostfwd(id, &mut rig.host));
+    assert!(rig.host.closed.contains(&ltok));
+    assert_eq!(rig.stack.hostfwds().count(), 0);
+}
