@@ -200,3 +200,21 @@ if [[ ! -s $cache/accel ]]; then
     echo "$accel" >"$cache/accel"
     log "guest boots with -accel $accel"
 fi
+
+# --- namespace, slirp4netns and podman tests ---------------------------------
+# slirp4netns (the reference the compatibility tests compare with), podman
+# and runc (the podman acceptance test), uidmap (newuidmap for rootless use).
+ns_need=()
+for pair in slirp4netns:slirp4netns podman:podman runc:runc newuidmap:uidmap nsenter:util-linux; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || ns_need+=("${pair#*:}")
+done
+if ((${#ns_need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing packages: ${ns_need[*]} (run as root to install them; the podman test skips without them)"
+    else
+        log "installing ${ns_need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${ns_need[@]}"
+    fi
+fi

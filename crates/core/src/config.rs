@@ -6,7 +6,7 @@
 //! slirp4netns flag (`--mtu`, `--disable-host-loopback`). [`Config::validate`]
 //! turns an inconsistent configuration into a [`ConfigError`] that names the
 //! offending flag, so the binary can print it as one line.
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -73,6 +73,45 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An IPv6 network: prefix and length (`fec0::/64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Net {
+    /// The prefix as written (host bits may be set).
+    pub addr: Ipv6Addr,
+    /// Prefix length, 0..=126.
+    pub prefix: u8,
+}
+
+impl Ipv6Net {
+    fn mask(&self) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+    /// The prefix with host bits cleared.
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.network())
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, "64"));
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv6 prefix (expected ADDR/LEN)"))?;
+        match prefix.parse::<u8>() {
+            Ok(prefix) if prefix <= 126 => Ok(Ipv6Net { addr, prefix }),
+            _ => Err(format!("'{s}' has a bad prefix length (expected 0-126)")),
+        }
+    }
+}
+
 /// A port forward from a host socket to the guest (QEMU's `hostfwd=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HostFwd {
@@ -80,8 +119,9 @@ pub struct HostFwd {
     pub proto: Proto,
     /// Where the host listens.
     pub host: SocketAddr,
-    /// Guest address; `None` means the address leased to the guest.
-    pub guest_addr: Option<Ipv4Addr>,
+    /// Guest address; `None` means the guest's own address of the host
+    /// address's family (the DHCP lease, or its SLAAC address for IPv6).
+    pub guest_addr: Option<IpAddr>,
     /// Guest port.
     pub guest_port: u16,
 }
@@ -113,6 +153,7 @@ impl FromStr for HostFwd {
         let (gaddr, gport) = guest
             .rsplit_once(':')
             .ok_or_else(|| bad("missing guest port"))?;
+        let gaddr = gaddr.trim_start_matches('[').trim_end_matches(']');
         let guest_addr = if gaddr.is_empty() {
             None
         } else {
@@ -141,7 +182,11 @@ impl std::fmt::Display for HostFwd {
             SocketAddr::V4(a) => a.ip().to_string(),
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         };
-        let guest = self.guest_addr.map(|a| a.to_string()).unwrap_or_default();
+        let guest = match self.guest_addr {
+            Some(IpAddr::V6(a)) => format!("[{a}]"),
+            Some(a) => a.to_string(),
+            None => String::new(),
+        };
         write!(
             f,
             "{proto}:{host}:{}-{guest}:{}",
@@ -205,7 +250,17 @@ pub struct Config {
     pub domainname: Option<String>,
     /// Domain search list, DHCP option 119 (`dnssearch=`).
     pub dnssearch: Vec<String>,
-    /// Link MTU (IP packet size), 68..=65520.
+    /// Serve IPv4 (`ipv4=`).
+    pub ipv4: bool,
+    /// Serve IPv6 (`ipv6=`).
+    pub ipv6: bool,
+    /// Guest IPv6 prefix, advertised for SLAAC (`ipv6-net=`).
+    pub ipv6_net: Ipv6Net,
+    /// IPv6 gateway address, which maps to the host's `::1` (`ipv6-host=`).
+    pub ipv6_host: Ipv6Addr,
+    /// IPv6 DNS forwarder address (`ipv6-dns=`).
+    pub ipv6_dns: Ipv6Addr,
+    /// Link MTU (IP packet size), 576..=65520.
     pub mtu: u32,
     /// DHCP lease time.
     pub lease_time: Duration,
@@ -238,6 +293,14 @@ impl Default for Config {
             hostname: None,
             domainname: None,
             dnssearch: Vec::new(),
+            ipv4: true,
+            ipv6: true,
+            ipv6_net: Ipv6Net {
+                addr: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+                prefix: 64,
+            },
+            ipv6_host: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2),
+            ipv6_dns: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 3),
             mtu: 1500,
             lease_time: Duration::from_secs(86400),
             disable_host_loopback: false,
@@ -276,6 +339,21 @@ pub enum ConfigError {
     /// MTU out of range.
     #[error("--mtu {0}: out of range (expected 576-65520)")]
     Mtu(u32),
+    /// `--ipv6-host` is not inside `--ipv6-net`.
+    #[error("--ipv6-host {0}: not inside --ipv6-net {1}/{2}")]
+    Ipv6HostOutsideNet(Ipv6Addr, Ipv6Addr, u8),
+    /// `--ipv6-dns` is not inside `--ipv6-net`.
+    #[error("--ipv6-dns {0}: not inside --ipv6-net {1}/{2}")]
+    Ipv6DnsOutsideNet(Ipv6Addr, Ipv6Addr, u8),
+    /// `--ipv6-dns` equals `--ipv6-host`.
+    #[error("--ipv6-dns {0}: must differ from --ipv6-host")]
+    Ipv6DnsIsHost(Ipv6Addr),
+    /// Both families turned off.
+    #[error("--ipv4 off and --ipv6 off: nothing left to serve")]
+    NoFamily,
+    /// IPv6 needs an MTU of at least 1280 (RFC 8200).
+    #[error("--mtu {0}: IPv6 needs at least 1280 (or --ipv6 off)")]
+    Ipv6Mtu(u32),
     /// `--max-flows` of zero.
     #[error("--max-flows 0: expected at least 1")]
     MaxFlows,
@@ -320,6 +398,32 @@ impl Config {
         }
         if self.max_flows == 0 {
             return Err(ConfigError::MaxFlows);
+        }
+        if !self.ipv4 && !self.ipv6 {
+            return Err(ConfigError::NoFamily);
+        }
+        if self.ipv6 {
+            let n6 = self.ipv6_net;
+            if !n6.contains(self.ipv6_host) {
+                return Err(ConfigError::Ipv6HostOutsideNet(
+                    self.ipv6_host,
+                    n6.network(),
+                    n6.prefix,
+                ));
+            }
+            if !n6.contains(self.ipv6_dns) {
+                return Err(ConfigError::Ipv6DnsOutsideNet(
+                    self.ipv6_dns,
+                    n6.network(),
+                    n6.prefix,
+                ));
+            }
+            if self.ipv6_dns == self.ipv6_host {
+                return Err(ConfigError::Ipv6DnsIsHost(self.ipv6_dns));
+            }
+            if self.mtu < 1280 {
+                return Err(ConfigError::Ipv6Mtu(self.mtu));
+            }
         }
         Ok(())
     }
@@ -383,6 +487,34 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_validation() {
+        assert_eq!("fec0::/64".parse::<Ipv6Net>().map(|n| n.prefix), Ok(64));
+        assert!("fec0::/127".parse::<Ipv6Net>().is_err());
+        assert!("10.0.2.0/24".parse::<Ipv6Net>().is_err());
+        let c = Config {
+            ipv6_host: "fec1::2".parse().expect("v6"),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--ipv6-host fec1::2")
+        );
+        let c = Config {
+            ipv4: false,
+            ipv6: false,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::NoFamily));
+        let c = Config {
+            mtu: 1000,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Ipv6Mtu(1000)));
+    }
+
+    #[test]
     fn hostfwd_parsing() {
         let f: HostFwd = "tcp:127.0.0.1:2222-:22".parse().expect("valid");
         assert_eq!(f.proto, Proto::Tcp);
@@ -391,7 +523,10 @@ mod tests {
         assert_eq!(f.to_string(), "tcp:127.0.0.1:2222-:22");
         let f: HostFwd = "udp::5353-10.0.2.15:53".parse().expect("valid");
         assert_eq!(f.host, "127.0.0.1:5353".parse().expect("addr"));
-        assert_eq!(f.guest_addr, Some(Ipv4Addr::new(10, 0, 2, 15)));
+        assert_eq!(f.guest_addr, Some(Ipv4Addr::new(10, 0, 2, 15).into()));
+        let f: HostFwd = "tcp:[::1]:2222-[fec0::15]:22".parse().expect("valid");
+        assert_eq!(f.guest_addr, Some("fec0::15".parse().expect("v6")));
+        assert_eq!(f.to_string(), "tcp:[::1]:2222-[fec0::15]:22");
         let f: HostFwd = "tcp:[::1]:2222-:22".parse().expect("valid");
         assert_eq!(f.host, "[::1]:2222".parse().expect("addr"));
         assert!("sctp::1-:2".parse::<HostFwd>().is_err());

@@ -1,18 +1,20 @@
-//! ICMP echo (RFC 792): pings answered locally or sent through host ping
-//! sockets.
+//! ICMP and ICMPv6 echo (RFC 792, RFC 4443): pings answered locally or
+//! sent through host ping sockets.
 //!
 //! Echo requests to the stack's own addresses are answered here. Others go
 //! through an unprivileged ICMP datagram socket (`SOCK_DGRAM`,
-//! `IPPROTO_ICMP`), one per guest (identifier, destination): the kernel
+//! `IPPROTO_ICMP` or `IPPROTO_ICMPV6`), one per guest (identifier, destination): the kernel
 //! picks the identifier on the wire, so replies get the guest's identifier
 //! back before they are passed on. Hosts may forbid such sockets
 //! (`net.ipv4.ping_group_range`); the stack then logs it once.
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpProtocol};
+use smoltcp::wire::{
+    Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpProtocol,
+};
 
 use crate::host::{HostIo, Token};
 use crate::packet::{self, Macs};
@@ -35,19 +37,49 @@ pub fn emit(
     Some(off + len)
 }
 
+/// Writes an ICMPv6 message (with `extra` option bytes appended after the
+/// message `repr` describes) from `src` to `dst`; returns the frame length.
+pub fn emit6(
+    buf: &mut [u8],
+    macs: Macs,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    repr: &Icmpv6Repr,
+    extra: &[u8],
+    hop_limit: u8,
+) -> Option<usize> {
+    let split = repr.buffer_len();
+    let len = split + extra.len();
+    let off = packet::ip_headers_hop(
+        buf,
+        macs,
+        src.into(),
+        dst.into(),
+        IpProtocol::Icmpv6,
+        len,
+        hop_limit,
+    )?;
+    let body = &mut buf[off..off + len];
+    body[split..].copy_from_slice(extra);
+    let mut pkt = Icmpv6Packet::new_unchecked(&mut *body);
+    repr.emit(&src, &dst, &mut pkt, &ChecksumCapabilities::default());
+    pkt.fill_checksum(&src, &dst);
+    Some(off + len)
+}
+
 /// One guest ping conversation.
 #[derive(Debug)]
 pub struct IcmpFlow {
-    guest: Ipv4Addr,
+    guest: IpAddr,
     ident: u16,
-    remote: Ipv4Addr,
+    remote: IpAddr,
     readable: bool,
     last_active: Instant,
 }
 
 impl IcmpFlow {
     /// A ping flow from `guest` (with its echo identifier) to `remote`.
-    pub fn new(guest: Ipv4Addr, ident: u16, remote: Ipv4Addr, now: Instant) -> Self {
+    pub fn new(guest: IpAddr, ident: u16, remote: IpAddr, now: Instant) -> Self {
         IcmpFlow {
             guest,
             ident,
@@ -66,7 +98,7 @@ impl IcmpFlow {
         now: Instant,
     ) -> std::io::Result<usize> {
         self.last_active = now;
-        host.icmp_send_to(token, msg, (IpAddr::V4(self.remote), 0).into())
+        host.icmp_send_to(token, msg, (self.remote, 0).into())
     }
 
     /// Records that replies are waiting.
@@ -93,7 +125,7 @@ impl IcmpFlow {
         host: &mut H,
         buf: &mut [u8],
     ) -> Option<usize> {
-        let off = packet::ETH_LEN + packet::ip_len(IpAddr::V4(self.guest));
+        let off = packet::ETH_LEN + packet::ip_len(self.guest);
         loop {
             let n = match host.icmp_recv(token, buf.get_mut(off..)?) {
                 Ok(n) => n,
@@ -105,21 +137,31 @@ impl IcmpFlow {
                     return None;
                 }
             };
-            let mut pkt = Icmpv4Packet::new_unchecked(&mut buf[off..off + n]);
-            if n < 8 || pkt.msg_type() != Icmpv4Message::EchoReply {
+            if n < 8 {
                 continue;
             }
-            pkt.set_echo_ident(self.ident);
-            pkt.fill_checksum();
-            return packet::ip_headers(
-                buf,
-                macs,
-                self.remote.into(),
-                self.guest.into(),
-                IpProtocol::Icmp,
-                n,
-            )
-            .map(|o| o + n);
+            let msg = &mut buf[off..off + n];
+            let (proto, is_reply) = match (self.remote, self.guest) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => {
+                    let mut pkt = Icmpv4Packet::new_unchecked(msg);
+                    let reply = pkt.msg_type() == Icmpv4Message::EchoReply;
+                    pkt.set_echo_ident(self.ident);
+                    pkt.fill_checksum();
+                    (IpProtocol::Icmp, reply)
+                }
+                (IpAddr::V6(r), IpAddr::V6(g)) => {
+                    let mut pkt = Icmpv6Packet::new_unchecked(msg);
+                    let reply = pkt.msg_type() == Icmpv6Message::EchoReply;
+                    pkt.set_echo_ident(self.ident);
+                    pkt.fill_checksum(&r, &g);
+                    (IpProtocol::Icmpv6, reply)
+                }
+                _ => return None,
+            };
+            if !is_reply {
+                continue;
+            }
+            return packet::ip_headers(buf, macs, self.remote, self.guest, proto, n).map(|o| o + n);
         }
     }
 }

@@ -19,15 +19,19 @@
 pub mod arp;
 pub mod config;
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod dns;
 pub mod flow;
 pub mod host;
 pub mod icmp;
 pub mod nat;
+pub mod ndp;
 pub mod output;
 pub mod packet;
 pub mod stack;
 pub mod tcp;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod udp;
 
 pub use config::Config;

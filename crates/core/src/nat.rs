@@ -5,16 +5,16 @@
 //!
 //! | guest destination        | goes to                                   |
 //! |--------------------------|-------------------------------------------|
-//! | gateway (`--host`)       | host loopback, same port (refused with `--disable-host-loopback`) |
-//! | DNS address, port 53     | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
+//! | gateway (`--host`, `--ipv6-host`) | host loopback (127.0.0.1, ::1), same port (refused with `--disable-host-loopback`) |
+//! | DNS address (`--dns`, `--ipv6-dns`), port 53 | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
 //! | gateway/DNS, ICMP echo   | answered by the stack itself              |
-//! | other address in `--net` | refused (nobody is there)                 |
-//! | broadcast, multicast     | dropped                                   |
+//! | other address in `--net`/`--ipv6-net` | refused (nobody is there) |
+//! | broadcast, multicast, other link-local | dropped                   |
 //! | anything else            | the same address, through a host socket   |
 //!
 //! [`guest_visible_source`] is the inbound half: the address the guest sees
 //! a port-forwarded client connect from.
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::Config;
 
@@ -46,8 +46,9 @@ pub enum Verdict {
 
 /// Decides where a new guest flow to `dst` goes.
 pub fn outbound(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
-    let IpAddr::V4(ip) = dst.ip() else {
-        return Verdict::Host(dst);
+    let ip = match dst.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => return outbound6(cfg, proto, ip, dst.port()),
     };
     if ip.is_broadcast() || ip.is_multicast() || ip == cfg.net.broadcast() || ip.is_unspecified() {
         return Verdict::Drop;
@@ -72,29 +73,58 @@ pub fn outbound(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
     Verdict::Host(dst)
 }
 
-/// The address the guest sees a port-forwarded connection come from:
-/// the real client, unless it is a loopback (or guest-network) address,
-/// which would not route back, or of a family the guest link does not
-/// carry, and then the gateway.
-pub fn guest_visible_source(cfg: &Config, client: SocketAddr) -> SocketAddr {
-    let hidden = match client.ip() {
-        IpAddr::V4(ip) => ip.is_loopback() || ip.is_unspecified() || cfg.net.contains(ip),
-        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-            Some(v4) => v4.is_loopback() || cfg.net.contains(v4),
-            // The guest link is IPv4 only for now: a v6 client cannot be
-            // shown as itself.
-            None => true,
-        },
-    };
-    if hidden {
-        SocketAddr::new(cfg.host.into(), client.port())
-    } else if let IpAddr::V6(ip) = client.ip()
-        && let Some(v4) = ip.to_ipv4_mapped()
-    {
-        SocketAddr::new(v4.into(), client.port())
-    } else {
-        client
+/// [`outbound`] for IPv6: the same table with `--ipv6-host` (mapped to the
+/// host's `::1`) and `--ipv6-dns`; link-local and multicast destinations
+/// other than the stack's own stay on the link.
+fn outbound6(cfg: &Config, proto: Proto, ip: Ipv6Addr, port: u16) -> Verdict {
+    let ours = ip == crate::ndp::link_local(cfg.mac);
+    if ip == cfg.ipv6_host || ours {
+        return match proto {
+            Proto::Icmp => Verdict::Local,
+            _ if cfg.disable_host_loopback || ours => Verdict::Refuse,
+            _ => Verdict::Host(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)),
+        };
     }
+    if ip == cfg.ipv6_dns {
+        return match proto {
+            Proto::Icmp => Verdict::Local,
+            _ if port == 53 => Verdict::Dns,
+            _ => Verdict::Refuse,
+        };
+    }
+    if ip.is_multicast() || ip.is_unspecified() || ip.is_unicast_link_local() {
+        return Verdict::Drop;
+    }
+    if cfg.ipv6_net.contains(ip) {
+        return Verdict::Refuse;
+    }
+    Verdict::Host(SocketAddr::new(ip.into(), port))
+}
+
+/// The address the guest sees a port-forwarded client connect from (for a
+/// guest address of `guest`'s family): the real client, unless it is a
+/// loopback (or guest-network) address, which would not route back, or of
+/// the other family, and then the gateway of the guest's family.
+pub fn guest_visible_source(cfg: &Config, client: SocketAddr, guest: IpAddr) -> SocketAddr {
+    let client_ip = match client.ip() {
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
+        v4 => v4,
+    };
+    let visible = match (client_ip, guest) {
+        (IpAddr::V4(ip), IpAddr::V4(_)) => {
+            !(ip.is_loopback() || ip.is_unspecified() || cfg.net.contains(ip))
+        }
+        (IpAddr::V6(ip), IpAddr::V6(_)) => {
+            !(ip.is_loopback() || ip.is_unspecified() || cfg.ipv6_net.contains(ip))
+        }
+        _ => false,
+    };
+    let ip = match guest {
+        _ if visible => client_ip,
+        IpAddr::V4(_) => cfg.host.into(),
+        IpAddr::V6(_) => cfg.ipv6_host.into(),
+    };
+    SocketAddr::new(ip, client.port())
 }
 
 #[cfg(test)]
@@ -151,25 +181,25 @@ mod tests {
     #[test]
     fn forwarded_clients_keep_their_address() {
         let cfg = Config::default();
-        assert_eq!(
-            guest_visible_source(&cfg, sa("127.0.0.1:5000")),
-            sa("10.0.2.2:5000")
-        );
-        assert_eq!(
-            guest_visible_source(&cfg, sa("[::1]:5000")),
-            sa("10.0.2.2:5000")
-        );
-        assert_eq!(
-            guest_visible_source(&cfg, sa("192.0.2.9:5000")),
-            sa("192.0.2.9:5000")
-        );
-        assert_eq!(
-            guest_visible_source(&cfg, sa("[::ffff:192.0.2.9]:5000")),
-            sa("192.0.2.9:5000")
-        );
-        assert_eq!(
-            guest_visible_source(&cfg, sa("10.0.2.99:5000")),
-            sa("10.0.2.2:5000")
-        );
+        let v4: IpAddr = "10.0.2.15".parse().expect("v4");
+        let v6: IpAddr = "fec0::15".parse().expect("v6");
+        let table = [
+            ("127.0.0.1:5000", v4, "10.0.2.2:5000"),
+            ("[::1]:5000", v4, "10.0.2.2:5000"),
+            ("192.0.2.9:5000", v4, "192.0.2.9:5000"),
+            ("[::ffff:192.0.2.9]:5000", v4, "192.0.2.9:5000"),
+            ("10.0.2.99:5000", v4, "10.0.2.2:5000"),
+            ("[2001:db8::9]:5000", v4, "10.0.2.2:5000"),
+            ("[2001:db8::9]:5000", v6, "[2001:db8::9]:5000"),
+            ("[::1]:5000", v6, "[fec0::2]:5000"),
+            ("192.0.2.9:5000", v6, "[fec0::2]:5000"),
+        ];
+        for (client, guest, want) in table {
+            assert_eq!(
+                guest_visible_source(&cfg, sa(client), guest),
+                sa(want),
+                "{client} to {guest}"
+            );
+        }
     }
 }

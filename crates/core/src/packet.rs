@@ -48,6 +48,19 @@ pub fn ip_headers(
     proto: IpProtocol,
     l4_len: usize,
 ) -> Option<usize> {
+    ip_headers_hop(buf, macs, src, dst, proto, l4_len, 64)
+}
+
+/// [`ip_headers`] with a given hop limit (NDP requires 255).
+pub fn ip_headers_hop(
+    buf: &mut [u8],
+    macs: Macs,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    l4_len: usize,
+    hop_limit: u8,
+) -> Option<usize> {
     let off = ETH_LEN + ip_len(dst);
     if buf.len() < off + l4_len {
         return None;
@@ -59,7 +72,7 @@ pub fn ip_headers(
                 dst_addr: d,
                 next_header: proto,
                 payload_len: l4_len,
-                hop_limit: 64,
+                hop_limit,
             };
             repr.emit(
                 &mut Ipv4Packet::new_unchecked(&mut buf[ETH_LEN..off]),
@@ -73,7 +86,7 @@ pub fn ip_headers(
                 dst_addr: d,
                 next_header: proto,
                 payload_len: l4_len,
-                hop_limit: 64,
+                hop_limit,
             };
             repr.emit(&mut Ipv6Packet::new_unchecked(&mut buf[ETH_LEN..off]));
             EthernetProtocol::Ipv6

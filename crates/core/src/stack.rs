@@ -13,14 +13,15 @@
 //! says when to call back if nothing happens. `now` is always an argument.
 use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet,
-    Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
 };
 
 use crate::config::{Config, DnsHost, HostFwd};
@@ -32,7 +33,7 @@ use crate::output::Output;
 use crate::packet::{self, Macs};
 use crate::tcp::{self, Env, Status, TcpFlow};
 use crate::udp::{self, UdpFlow};
-use crate::{arp, dhcp, dns};
+use crate::{arp, dhcp, dhcpv6, dns, ndp};
 
 /// What the stack has seen and done, for logs and tests. Untrusted input
 /// never produces an error, only a count here.
@@ -121,6 +122,12 @@ pub struct Stack {
     guest_mac: Option<EthernetAddress>,
     /// The guest's address, learnt from DHCP or ARP.
     guest_ip: Option<Ipv4Addr>,
+    /// The guest's IPv6 address in the prefix (SLAAC), learnt from NDP or
+    /// its traffic.
+    guest_ip6: Option<Ipv6Addr>,
+    /// When the next unsolicited router advertisement is due (IPv6 link
+    /// up).
+    next_ra: Option<Instant>,
     dhcp: dhcp::Server,
     flows: Table<Flow>,
     out: Output,
@@ -161,6 +168,18 @@ fn env(cfg: &Config, guest_mac: Option<EthernetAddress>, now: Instant) -> Env<'_
     }
 }
 
+/// Interval of unsolicited router advertisements.
+const RA_INTERVAL: std::time::Duration = std::time::Duration::from_secs(ndp::RA_INTERVAL_SECS);
+
+/// Why a guest packet is refused with an ICMP error.
+#[derive(Clone, Copy, Debug)]
+enum Unreachable {
+    /// No one at that address.
+    Host,
+    /// The address is ours but the port serves nothing.
+    Port,
+}
+
 /// DHCP server and client ports.
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -188,6 +207,8 @@ impl Stack {
             rng: cfg.seed,
             guest_mac: None,
             guest_ip: None,
+            guest_ip6: None,
+            next_ra: None,
             ping_denied: false,
             counters: Counters::default(),
             cfg,
@@ -285,7 +306,7 @@ impl Stack {
         }
         tracing::trace!(len = frame.len(), ethertype = %eth.ethertype(), "frame from guest");
         match eth.ethertype() {
-            EthernetProtocol::Arp => match arp::handle(&self.cfg, eth.payload()) {
+            EthernetProtocol::Arp if self.cfg.ipv4 => match arp::handle(&self.cfg, eth.payload()) {
                 arp::Outcome::Reply(reply, mac, ip) => {
                     self.learn(mac, ip);
                     self.out.push(&reply);
@@ -294,9 +315,17 @@ impl Stack {
                 arp::Outcome::Ignore => {}
                 arp::Outcome::Malformed => self.counters.malformed += 1,
             },
-            EthernetProtocol::Ipv4 => {
+            EthernetProtocol::Ipv4 if self.cfg.ipv4 => {
                 self.guest_mac = Some(src);
                 self.ipv4(now, src, eth.payload(), host);
+            }
+            EthernetProtocol::Ipv6 if self.cfg.ipv6 => {
+                self.guest_mac = Some(src);
+                if self.next_ra.is_none() {
+                    // The link is up: advertise now, then periodically.
+                    self.next_ra = Some(now);
+                }
+                self.ipv6(now, src, eth.payload(), host);
             }
             _ => self.counters.ignored += 1,
         }
@@ -309,7 +338,6 @@ impl Stack {
         payload: &[u8],
         host: &mut H,
     ) {
-        let caps = ChecksumCapabilities::default();
         let Ok(pkt) = Ipv4Packet::new_checked(payload) else {
             self.counters.malformed += 1;
             return;
@@ -319,47 +347,182 @@ impl Stack {
             self.counters.ignored += 1;
             return;
         }
-        let Ok(ip) = Ipv4Repr::parse(&pkt, &caps) else {
+        let Ok(ip) = Ipv4Repr::parse(&pkt, &ChecksumCapabilities::default()) else {
             self.counters.malformed += 1;
             return;
         };
-        let data = pkt.payload();
-        let (src, dst) = (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr));
-        match ip.next_header {
+        let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
+        if ip.next_header == IpProtocol::Icmp {
+            let parsed = Icmpv4Packet::new_checked(pkt.payload())
+                .and_then(|p| Icmpv4Repr::parse(&p, &ChecksumCapabilities::default()));
+            match parsed {
+                Ok(Icmpv4Repr::EchoRequest {
+                    ident,
+                    seq_no,
+                    data,
+                }) => self.echo(now, src, dst, (ident, seq_no, data), pkt.payload(), host),
+                Ok(_) => self.counters.ignored += 1,
+                Err(_) => self.counters.malformed += 1,
+            }
+            return;
+        }
+        self.transport(now, src_mac, src, dst, ip.next_header, pkt.payload(), host);
+    }
+
+    fn ipv6<H: HostIo>(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        payload: &[u8],
+        host: &mut H,
+    ) {
+        let Ok(pkt) = Ipv6Packet::new_checked(payload) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let Ok(ip) = Ipv6Repr::parse(&pkt) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let (s6, d6) = (ip.src_addr, ip.dst_addr);
+        // DAD probes come from `::` and name the tentative address; any
+        // other source in the prefix is the guest's own.
+        self.learn6(s6);
+        let (src, dst) = (IpAddr::V6(s6), IpAddr::V6(d6));
+        if ip.next_header != IpProtocol::Icmpv6 {
+            // Extension headers (hop-by-hop for MLD, fragments) are not
+            // followed: transport is expected right after the header.
+            return self.transport(now, src_mac, src, dst, ip.next_header, pkt.payload(), host);
+        }
+        let Ok(icmp) = Icmpv6Packet::new_checked(pkt.payload()) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let Ok(repr) = Icmpv6Repr::parse(&s6, &d6, &icmp, &ChecksumCapabilities::default()) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let macs = Macs {
+            src: EthernetAddress(self.cfg.mac),
+            dst: src_mac,
+        };
+        let cfg = &self.cfg;
+        match repr {
+            Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => self.echo(now, src, dst, (ident, seq_no, data), pkt.payload(), host),
+            // NDP messages must come with hop limit 255 (RFC 4861 6.1).
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. })
+                if ip.hop_limit == 255 =>
+            {
+                if s6.is_unspecified() {
+                    self.learn6(target_addr);
+                } else if ndp::is_ours(cfg, target_addr) {
+                    self.out
+                        .push_with(|buf| ndp::neighbor_advert(buf, cfg, macs, target_addr, s6));
+                }
+            }
+            Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { .. }) if ip.hop_limit == 255 => {
+                let to = if s6.is_unspecified() {
+                    ndp::ALL_NODES
+                } else {
+                    s6
+                };
+                self.out
+                    .push_with(|buf| ndp::router_advert(buf, cfg, macs, to));
+                self.next_ra = Some(now + RA_INTERVAL);
+            }
+            _ => self.counters.ignored += 1,
+        }
+    }
+
+    /// Remembers a guest IPv6 address in the prefix.
+    fn learn6(&mut self, ip: Ipv6Addr) {
+        let ours = ip == self.cfg.ipv6_host || ip == self.cfg.ipv6_dns;
+        if self.cfg.ipv6_net.contains(ip) && !ours {
+            self.guest_ip6 = Some(ip);
+        }
+    }
+
+    /// UDP and TCP of either family.
+    #[allow(clippy::too_many_arguments)]
+    fn transport<H: HostIo>(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: IpProtocol,
+        data: &[u8],
+        host: &mut H,
+    ) {
+        let caps = ChecksumCapabilities::default();
+        let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
+        match proto {
             IpProtocol::Udp => {
                 let Ok(udp) = UdpPacket::new_checked(data) else {
                     self.counters.malformed += 1;
                     return;
                 };
-                if UdpRepr::parse(&udp, &src, &dst, &caps).is_err() {
+                if UdpRepr::parse(&udp, &s, &d, &caps).is_err() {
                     self.counters.malformed += 1;
                     return;
                 }
                 let (sport, dport) = (udp.src_port(), udp.dst_port());
-                let guest = SocketAddr::new(ip.src_addr.into(), sport);
-                let remote = SocketAddr::new(ip.dst_addr.into(), dport);
-                if dport == DHCP_SERVER_PORT {
-                    self.dhcp(now, src_mac, udp.payload());
-                } else {
-                    self.udp(now, guest, remote, udp.payload(), host);
+                match (src, dport) {
+                    (IpAddr::V4(_), DHCP_SERVER_PORT) => {
+                        return self.dhcp(now, src_mac, udp.payload());
+                    }
+                    (IpAddr::V6(s6), dhcpv6::SERVER_PORT) => {
+                        return self.dhcpv6(src_mac, s6, sport, udp.payload());
+                    }
+                    _ => {}
                 }
+                if sport == 0 || dport == 0 || src.is_unspecified() {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                let guest = SocketAddr::new(src, sport);
+                self.udp(now, guest, SocketAddr::new(dst, dport), udp.payload(), host);
             }
             IpProtocol::Tcp => {
                 let Ok(tcp) = TcpPacket::new_checked(data) else {
                     self.counters.malformed += 1;
                     return;
                 };
-                let Ok(seg) = TcpRepr::parse(&tcp, &src, &dst, &caps) else {
+                let Ok(seg) = TcpRepr::parse(&tcp, &s, &d, &caps) else {
                     self.counters.malformed += 1;
                     return;
                 };
-                let guest = SocketAddr::new(ip.src_addr.into(), seg.src_port);
-                let remote = SocketAddr::new(ip.dst_addr.into(), seg.dst_port);
-                self.tcp(now, guest, remote, &seg, host);
+                if src.is_unspecified() {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                let guest = SocketAddr::new(src, seg.src_port);
+                self.tcp(now, guest, SocketAddr::new(dst, seg.dst_port), &seg, host);
             }
-            IpProtocol::Icmp => self.icmp(now, ip.src_addr, ip.dst_addr, data, host),
             _ => self.counters.ignored += 1,
         }
+    }
+
+    fn dhcpv6(&mut self, src_mac: EthernetAddress, src: Ipv6Addr, sport: u16, payload: &[u8]) {
+        let Some(reply) = dhcpv6::handle(&self.cfg, payload) else {
+            self.counters.ignored += 1;
+            return;
+        };
+        let macs = Macs {
+            src: EthernetAddress(self.cfg.mac),
+            dst: src_mac,
+        };
+        let server = (
+            IpAddr::V6(ndp::link_local(self.cfg.mac)),
+            dhcpv6::SERVER_PORT,
+        );
+        let client = (IpAddr::V6(src), sport);
+        self.out
+            .push_with(|buf| packet::udp(buf, macs, server, client, &reply));
     }
 
     fn dhcp(&mut self, now: Instant, src_mac: EthernetAddress, payload: &[u8]) {
@@ -428,36 +591,64 @@ impl Stack {
         }
     }
 
-    /// ICMP "destination unreachable" back to the guest for a packet it
-    /// sent from `guest` to `remote` (`original`: its IP header and the
-    /// first 8 bytes of its payload, rebuilt).
+    /// ICMP(v6) "destination unreachable" back to the guest for a packet it
+    /// sent from `guest` to `remote` (`l4`: the start of its transport
+    /// header, quoted after a rebuilt IP header).
     fn unreachable(
         &mut self,
-        code: Icmpv4DstUnreachable,
+        why: Unreachable,
         proto: IpProtocol,
         guest: SocketAddr,
         remote: SocketAddr,
         l4: &[u8],
     ) {
-        let (IpAddr::V4(g), IpAddr::V4(r)) = (guest.ip(), remote.ip()) else {
-            return;
-        };
-        let header = Ipv4Repr {
-            src_addr: g,
-            dst_addr: r,
-            next_header: proto,
-            payload_len: l4.len(),
-            hop_limit: 64,
-        };
+        let macs = self.macs();
         let data = &l4[..l4.len().min(8)];
-        let repr = Icmpv4Repr::DstUnreachable {
-            reason: code,
-            header,
-            data,
-        };
-        let (macs, from) = (self.macs(), self.cfg.host);
-        self.out
-            .push_with(|buf| icmp::emit(buf, macs, from, g, &repr));
+        match (guest.ip(), remote.ip()) {
+            (IpAddr::V4(g), IpAddr::V4(r)) => {
+                let header = Ipv4Repr {
+                    src_addr: g,
+                    dst_addr: r,
+                    next_header: proto,
+                    payload_len: l4.len(),
+                    hop_limit: 64,
+                };
+                let reason = match why {
+                    Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+                    Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+                };
+                let repr = Icmpv4Repr::DstUnreachable {
+                    reason,
+                    header,
+                    data,
+                };
+                let from = self.cfg.host;
+                self.out
+                    .push_with(|buf| icmp::emit(buf, macs, from, g, &repr));
+            }
+            (IpAddr::V6(g), IpAddr::V6(r)) => {
+                let header = Ipv6Repr {
+                    src_addr: g,
+                    dst_addr: r,
+                    next_header: proto,
+                    payload_len: l4.len(),
+                    hop_limit: 64,
+                };
+                let reason = match why {
+                    Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+                    Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+                };
+                let repr = Icmpv6Repr::DstUnreachable {
+                    reason,
+                    header,
+                    data,
+                };
+                let from = self.cfg.ipv6_host;
+                self.out
+                    .push_with(|buf| icmp::emit6(buf, macs, from, g, &repr, &[], 64));
+            }
+            _ => {}
+        }
     }
 
     fn udp<H: HostIo>(
@@ -513,12 +704,16 @@ impl Stack {
                     }
                     Verdict::Refuse => {
                         self.counters.policy_refused += 1;
-                        let code = if remote.ip() == IpAddr::V4(self.cfg.dns)
-                            || remote.ip() == IpAddr::V4(self.cfg.host)
-                        {
-                            Icmpv4DstUnreachable::PortUnreachable
+                        let ours = [
+                            self.cfg.dns.into(),
+                            self.cfg.host.into(),
+                            self.cfg.ipv6_dns.into(),
+                            self.cfg.ipv6_host.into(),
+                        ];
+                        let code = if ours.contains(&remote.ip()) {
+                            Unreachable::Port
                         } else {
-                            Icmpv4DstUnreachable::HostUnreachable
+                            Unreachable::Host
                         };
                         let mut l4 = [0u8; 8];
                         l4[..2].copy_from_slice(&guest.port().to_be_bytes());
@@ -624,48 +819,51 @@ impl Stack {
             .push_with(|buf| packet::tcp(buf, macs, remote.ip(), guest.ip(), &rst));
     }
 
-    fn icmp<H: HostIo>(
+    /// An echo request of either family: answered for the stack's own
+    /// addresses, else sent through a host ping socket. `msg` is the whole
+    /// ICMP message, as the host socket wants it.
+    fn echo<H: HostIo>(
         &mut self,
         now: Instant,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        data: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        (ident, seq_no, body): (u16, u16, &[u8]),
+        msg: &[u8],
         host: &mut H,
     ) {
-        let caps = ChecksumCapabilities::default();
-        let Ok(pkt) = Icmpv4Packet::new_checked(data) else {
-            self.counters.malformed += 1;
-            return;
+        let remote = SocketAddr::new(dst, 0);
+        let guest = SocketAddr::new(src, 0);
+        let proto = match src {
+            IpAddr::V4(_) => IpProtocol::Icmp,
+            IpAddr::V6(_) => IpProtocol::Icmpv6,
         };
-        let Ok(repr) = Icmpv4Repr::parse(&pkt, &caps) else {
-            self.counters.malformed += 1;
-            return;
-        };
-        let Icmpv4Repr::EchoRequest {
-            ident,
-            seq_no,
-            data: body,
-        } = repr
-        else {
-            self.counters.ignored += 1;
-            return;
-        };
-        let remote = SocketAddr::new(dst.into(), 0);
         let macs = self.macs();
         match nat::outbound(&self.cfg, Proto::Icmp, remote) {
-            Verdict::Local => {
-                let reply = Icmpv4Repr::EchoReply {
-                    ident,
-                    seq_no,
-                    data: body,
-                };
-                self.out
-                    .push_with(|buf| icmp::emit(buf, macs, dst, src, &reply));
-            }
+            Verdict::Local => match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    let reply = Icmpv4Repr::EchoReply {
+                        ident,
+                        seq_no,
+                        data: body,
+                    };
+                    self.out
+                        .push_with(|buf| icmp::emit(buf, macs, d, s, &reply));
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    let reply = Icmpv6Repr::EchoReply {
+                        ident,
+                        seq_no,
+                        data: body,
+                    };
+                    self.out
+                        .push_with(|buf| icmp::emit6(buf, macs, d, s, &reply, &[], 64));
+                }
+                _ => {}
+            },
             Verdict::Host(_) | Verdict::Dns => {
                 let key = Key {
                     proto: Proto::Icmp,
-                    guest: SocketAddr::new(src.into(), ident),
+                    guest: SocketAddr::new(src, ident),
                     remote,
                 };
                 let id = match self.flows.lookup(&key) {
@@ -693,34 +891,18 @@ impl Stack {
                     }
                 };
                 if let Some((_, Flow::Icmp(f))) = self.flows.get_mut(id)
-                    && let Err(e) = f.send(id.token(), host, data, now)
+                    && let Err(e) = f.send(id.token(), host, msg, now)
                 {
                     tracing::debug!(%e, %dst, "ping send failed");
                     if e.kind() != ErrorKind::WouldBlock {
-                        let l4 = &data[..data.len().min(8)];
-                        let guest = SocketAddr::new(src.into(), 0);
-                        self.unreachable(
-                            Icmpv4DstUnreachable::HostUnreachable,
-                            IpProtocol::Icmp,
-                            guest,
-                            remote,
-                            l4,
-                        );
+                        self.unreachable(Unreachable::Host, proto, guest, remote, msg);
                     }
                 }
                 self.settle(id, false, host);
             }
             Verdict::Refuse => {
                 self.counters.policy_refused += 1;
-                let l4 = &data[..data.len().min(8)];
-                let guest = SocketAddr::new(src.into(), 0);
-                self.unreachable(
-                    Icmpv4DstUnreachable::HostUnreachable,
-                    IpProtocol::Icmp,
-                    guest,
-                    remote,
-                    l4,
-                );
+                self.unreachable(Unreachable::Host, proto, guest, remote, msg);
             }
             Verdict::Drop => self.counters.ignored += 1,
         }
@@ -741,8 +923,7 @@ impl Stack {
                 Status::Closed => true,
                 Status::Unreachable => {
                     let ((guest, remote), quote) = (f.endpoints(), f.syn_quote());
-                    let code = Icmpv4DstUnreachable::HostUnreachable;
-                    self.unreachable(code, IpProtocol::Tcp, guest, remote, &quote);
+                    self.unreachable(Unreachable::Host, IpProtocol::Tcp, guest, remote, &quote);
                     true
                 }
             },
@@ -779,13 +960,19 @@ impl Stack {
         }
     }
 
-    /// The guest address a forward delivers to.
+    /// The guest address a forward delivers to: the configured one, else
+    /// the guest's own address of the host address's family.
     fn forward_target(&self, fwd: &HostFwd) -> SocketAddr {
-        let ip = fwd
-            .guest_addr
-            .or(self.guest_ip)
-            .unwrap_or(self.cfg.dhcpstart);
-        SocketAddr::new(ip.into(), fwd.guest_port)
+        let v6_host = matches!(fwd.host.ip(), IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none());
+        let ip = match fwd.guest_addr {
+            Some(ip) => ip,
+            None if v6_host && self.cfg.ipv6 => {
+                let fallback = Ipv6Addr::from(u128::from(self.cfg.ipv6_net.network()) | 0x15);
+                self.guest_ip6.unwrap_or(fallback).into()
+            }
+            None => self.guest_ip.unwrap_or(self.cfg.dhcpstart).into(),
+        };
+        SocketAddr::new(ip, fwd.guest_port)
     }
 
     fn accept_all<H: HostIo>(&mut self, now: Instant, fwd: HostFwd, listener: Token, host: &mut H) {
@@ -818,7 +1005,7 @@ impl Stack {
                     return;
                 }
             };
-            let remote = nat::guest_visible_source(&self.cfg, client);
+            let remote = nat::guest_visible_source(&self.cfg, client, guest.ip());
             let key = Key {
                 proto: Proto::Tcp,
                 guest,
@@ -835,11 +1022,14 @@ impl Stack {
                 f.set_remote(remote);
             }
             tracing::debug!(%client, %guest, "port forward connection");
-            if self.guest_mac.is_none()
-                && let IpAddr::V4(g) = guest.ip()
-            {
-                let req = arp::request(&self.cfg, g);
-                self.out.push(&req);
+            if self.guest_mac.is_none() {
+                match guest.ip() {
+                    IpAddr::V4(g) => self.out.push(&arp::request(&self.cfg, g)),
+                    IpAddr::V6(g) => {
+                        let cfg = &self.cfg;
+                        self.out.push_with(|buf| ndp::neighbor_solicit(buf, cfg, g));
+                    }
+                }
             }
             let env = env(&self.cfg, self.guest_mac, now);
             if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(new_id) {
@@ -851,6 +1041,14 @@ impl Stack {
 
     /// Runs timers due at `now` (retransmissions, idle flow expiry).
     pub fn handle_timeout<H: HostIo>(&mut self, now: Instant, host: &mut H) {
+        if self.next_ra.is_some_and(|at| now >= at) {
+            let mut macs = self.macs();
+            macs.dst = ndp::multicast_mac(ndp::ALL_NODES);
+            let cfg = &self.cfg;
+            self.out
+                .push_with(|buf| ndp::router_advert(buf, cfg, macs, ndp::ALL_NODES));
+            self.next_ra = Some(now + RA_INTERVAL);
+        }
         while let Some(id) = self.flows.pop_due(now) {
             let env = env(&self.cfg, self.guest_mac, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
@@ -889,7 +1087,6 @@ impl Stack {
         buf: &mut [u8],
         host: &mut H,
     ) -> Option<usize> {
-        let gateway = IpAddr::V4(self.cfg.host);
         while let Some(id) = self.flows.next_ready() {
             let env = env(&self.cfg, self.guest_mac, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
@@ -898,7 +1095,7 @@ impl Stack {
             let token = id.token();
             let n = match flow {
                 Flow::Tcp(f) => f.produce(&env, token, host, buf),
-                Flow::Udp(f) => f.produce(env.macs, token, host, buf, gateway),
+                Flow::Udp(f) => f.produce(&env, token, host, buf),
                 Flow::Icmp(f) => f.produce(env.macs, token, host, buf),
             };
             self.settle(id, false, host);
@@ -932,7 +1129,7 @@ impl Stack {
                         continue;
                     }
                 };
-                let remote = nat::guest_visible_source(&self.cfg, client);
+                let remote = nat::guest_visible_source(&self.cfg, client, guest.ip());
                 let key = Key {
                     proto: Proto::Udp,
                     guest,
@@ -976,7 +1173,10 @@ impl Stack {
 
     /// When [`Stack::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.flows.next_deadline()
+        match (self.flows.next_deadline(), self.next_ra) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The guest link went away (the QEMU client disconnected): every
@@ -989,6 +1189,8 @@ impl Stack {
         self.out.clear();
         self.guest_mac = None;
         self.guest_ip = None;
+        self.guest_ip6 = None;
+        self.next_ra = None;
     }
 
     /// What the stack has counted so far.

@@ -12,7 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::host::{HostIo, Token};
-use crate::packet::{self, Macs};
+use crate::packet;
+use crate::tcp::Env;
 
 /// Idle time after which a UDP flow is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,12 +108,15 @@ impl UdpFlow {
     /// Datagrams from sources the guest could not answer are dropped.
     pub fn produce<H: HostIo>(
         &mut self,
-        macs: Macs,
+        env: &Env,
         token: Token,
         host: &mut H,
         buf: &mut [u8],
-        gateway: IpAddr,
     ) -> Option<usize> {
+        let gateway: IpAddr = match self.guest {
+            SocketAddr::V4(_) => env.cfg.host.into(),
+            SocketAddr::V6(_) => env.cfg.ipv6_host.into(),
+        };
         let off = packet::udp_payload_offset(self.guest.ip());
         loop {
             let payload = buf.get_mut(off..)?;
@@ -137,7 +141,7 @@ impl UdpFlow {
             };
             return packet::udp_in_place(
                 buf,
-                macs,
+                env.macs,
                 (src.ip(), src.port()),
                 (self.guest.ip(), self.guest.port()),
                 n,

@@ -1,8 +1,7 @@
-//! The whole stack in process: a scripted guest against fake host sockets,
-//! with a virtual clock. Each test plays frames in and checks the frames
-//! and socket calls that come out.
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, ErrorKind};
+//! The whole stack in process: a scripted guest against fake host sockets
+//! (`usernet_core::testing::FakeHost`), with a virtual clock. Each test
+//! plays frames in and checks the frames and socket calls that come out.
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -12,169 +11,12 @@ use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
     UdpPacket, UdpRepr,
 };
-use usernet_core::host::Proto;
-use usernet_core::{Config, HostEvent, HostIo, Stack, Token};
+use usernet_core::testing::FakeHost;
+use usernet_core::{Config, HostEvent, Stack, Token};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-
-/// One fake host socket.
-#[derive(Default, Debug)]
-struct FakeSocket {
-    connect_to: Option<SocketAddr>,
-    /// Bytes the stack sent (what the host peer received).
-    sent: Vec<u8>,
-    /// Bytes the host peer sent, not yet discarded by the stack.
-    rx: Vec<u8>,
-    eof: bool,
-    /// How many more bytes `tcp_send` accepts.
-    send_room: usize,
-    shut_wr: bool,
-    aborted: bool,
-    error: Option<ErrorKind>,
-    datagrams: VecDeque<(Vec<u8>, SocketAddr)>,
-    sent_to: Vec<(Vec<u8>, SocketAddr)>,
-}
-
-#[derive(Default)]
-struct FakeHost {
-    socks: HashMap<Token, FakeSocket>,
-    closed: Vec<Token>,
-    pending_accept: VecDeque<SocketAddr>,
-    listening: Vec<(Token, Proto, SocketAddr)>,
-}
-
-impl FakeHost {
-    fn sock(&mut self, t: Token) -> io::Result<&mut FakeSocket> {
-        self.socks
-            .get_mut(&t)
-            .ok_or_else(|| io::Error::from(ErrorKind::NotFound))
-    }
-    fn only(&self, pred: impl Fn(&FakeSocket) -> bool) -> Token {
-        let found: Vec<_> = self
-            .socks
-            .iter()
-            .filter(|(_, s)| pred(s))
-            .map(|(t, _)| *t)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "expected one matching socket: {:?}",
-            self.socks
-        );
-        found[0]
-    }
-}
-
-impl HostIo for FakeHost {
-    fn tcp_connect(&mut self, token: Token, dst: SocketAddr) -> io::Result<()> {
-        self.socks.insert(
-            token,
-            FakeSocket {
-                connect_to: Some(dst),
-                send_room: usize::MAX,
-                ..Default::default()
-            },
-        );
-        Ok(())
-    }
-    fn tcp_send(&mut self, token: Token, data: &[u8]) -> io::Result<usize> {
-        let s = self.sock(token)?;
-        let n = data.len().min(s.send_room);
-        if n == 0 {
-            return Err(ErrorKind::WouldBlock.into());
-        }
-        s.send_room -= n;
-        s.sent.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-    fn tcp_peek(&mut self, token: Token, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
-        let s = self.sock(token)?;
-        if skip >= s.rx.len() {
-            return if s.eof {
-                Ok(0)
-            } else {
-                Err(ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(s.rx.len() - skip);
-        buf[..n].copy_from_slice(&s.rx[skip..skip + n]);
-        Ok(n)
-    }
-    fn tcp_discard(&mut self, token: Token, n: usize) -> io::Result<()> {
-        let s = self.sock(token)?;
-        assert!(n <= s.rx.len(), "discarding more than received");
-        s.rx.drain(..n);
-        Ok(())
-    }
-    fn tcp_send_space(&mut self, token: Token) -> usize {
-        self.sock(token).map_or(0, |s| s.send_room.min(1 << 20))
-    }
-    fn tcp_shutdown_write(&mut self, token: Token) {
-        if let Ok(s) = self.sock(token) {
-            s.shut_wr = true;
-        }
-    }
-    fn tcp_abort(&mut self, token: Token) {
-        if let Ok(s) = self.sock(token) {
-            s.aborted = true;
-        }
-    }
-    fn udp_open(&mut self, token: Token, _dst: SocketAddr) -> io::Result<()> {
-        self.socks.insert(token, FakeSocket::default());
-        Ok(())
-    }
-    fn udp_send_to(&mut self, token: Token, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.sock(token)?.sent_to.push((data.to_vec(), dst));
-        Ok(data.len())
-    }
-    fn udp_recv_from(&mut self, token: Token, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (d, from) = self
-            .sock(token)?
-            .datagrams
-            .pop_front()
-            .ok_or(ErrorKind::WouldBlock)?;
-        buf[..d.len()].copy_from_slice(&d);
-        Ok((d.len(), from))
-    }
-    fn icmp_open(&mut self, _token: Token, _dst: SocketAddr) -> io::Result<()> {
-        Err(ErrorKind::PermissionDenied.into())
-    }
-    fn icmp_send_to(&mut self, _: Token, _: &[u8], _: SocketAddr) -> io::Result<usize> {
-        Err(ErrorKind::PermissionDenied.into())
-    }
-    fn icmp_recv(&mut self, _: Token, _: &mut [u8]) -> io::Result<usize> {
-        Err(ErrorKind::WouldBlock.into())
-    }
-    fn listen(&mut self, token: Token, proto: Proto, addr: SocketAddr) -> io::Result<()> {
-        self.listening.push((token, proto, addr));
-        self.socks.insert(token, FakeSocket::default());
-        Ok(())
-    }
-    fn accept(&mut self, _listener: Token, token: Token) -> io::Result<SocketAddr> {
-        let peer = self
-            .pending_accept
-            .pop_front()
-            .ok_or(ErrorKind::WouldBlock)?;
-        self.socks.insert(
-            token,
-            FakeSocket {
-                send_room: usize::MAX,
-                ..Default::default()
-            },
-        );
-        Ok(peer)
-    }
-    fn take_error(&mut self, token: Token) -> Option<io::Error> {
-        self.sock(token).ok()?.error.take().map(io::Error::from)
-    }
-    fn close(&mut self, token: Token) {
-        self.socks.remove(&token);
-        self.closed.push(token);
-    }
-}
 
 /// A stack, its fake host and a virtual clock.
 struct Rig {

@@ -83,6 +83,45 @@ pub trait Transport {
     fn flush(&mut self, registry: &Registry) -> io::Result<bool>;
 }
 
+/// What a [`Control`] wants after handling an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep serving.
+    Continue,
+    /// End the loop ([`Stopped::Control`]).
+    Stop,
+}
+
+/// Why the loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT or SIGTERM (the number).
+    Signal(i32),
+    /// A [`Control`] returned [`Flow::Stop`].
+    Control,
+}
+
+/// A descriptor of the driver's own served by the loop (API socket, exit
+/// fd, child watcher). Its tokens are at or above [`DRIVER_TOKEN_BASE`] and
+/// distinct from the transport's (which use the first 0x100).
+pub trait Control {
+    /// Registers the control's descriptors.
+    fn register(&mut self, registry: &Registry) -> io::Result<()>;
+    /// Called once the transport is registered and the stack started: the
+    /// network is ready (e.g. for slirp4netns's `--ready-fd`).
+    fn started(&mut self) {}
+    /// Whether `token` is one of the control's.
+    fn owns(&self, token: mio::Token) -> bool;
+    /// Handles readiness of one of its descriptors.
+    fn ready(
+        &mut self,
+        registry: &Registry,
+        token: mio::Token,
+        stack: &mut Stack,
+        sockets: &mut Sockets<MioPoller>,
+    ) -> Flow;
+}
+
 /// The event loop could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -95,6 +134,9 @@ pub enum RunError {
     /// The transport could not be registered or accept clients.
     #[error("guest transport")]
     Transport(#[source] io::Error),
+    /// A driver control could not be registered.
+    #[error("control descriptor")]
+    Control(#[source] io::Error),
     /// The stack could not open its own sockets (port forwards).
     #[error(transparent)]
     Start(#[from] StartError),
@@ -127,19 +169,37 @@ fn capture(pcap: &mut Option<Pcap>, frame: &[u8]) {
 pub fn run<T: Transport>(
     stack: &mut Stack,
     transport: &mut T,
-    mut pcap: Option<Pcap>,
+    pcap: Option<Pcap>,
 ) -> Result<(), RunError> {
+    let sockets = |registry| Sockets::new(MioPoller::new(registry));
+    run_with(stack, transport, pcap, sockets, &mut []).map(|_| ())
+}
+
+/// [`run`] with the driver's [`Control`]s, and host sockets made by
+/// `sockets` from a registry (e.g. to set an outbound address). Returns
+/// why it stopped.
+pub fn run_with<T: Transport>(
+    stack: &mut Stack,
+    transport: &mut T,
+    mut pcap: Option<Pcap>,
+    sockets: impl FnOnce(Registry) -> Sockets<MioPoller>,
+    controls: &mut [&mut dyn Control],
+) -> Result<Stopped, RunError> {
     let mut poll = Poll::new().map_err(RunError::Poll)?;
     let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
-    let mut sockets = Sockets::new(MioPoller::new(
-        registry.try_clone().map_err(RunError::Poll)?,
-    ));
+    let mut sockets = sockets(registry.try_clone().map_err(RunError::Poll)?);
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RunError::Signals)?;
     registry
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(RunError::Signals)?;
     transport.register(&registry).map_err(RunError::Transport)?;
+    for c in controls.iter_mut() {
+        c.register(&registry).map_err(RunError::Control)?;
+    }
     stack.start(&mut sockets)?;
+    for c in controls.iter_mut() {
+        c.started();
+    }
 
     let mut events = Events::with_capacity(1024);
     // The guest may have more to read / the stack more to send than one
@@ -166,7 +226,11 @@ pub fn run<T: Transport>(
             if token == SIGNALS {
                 if let Some(sig) = signals.pending().next() {
                     tracing::info!("signal {sig}: exiting");
-                    return Ok(());
+                    return Ok(Stopped::Signal(sig));
+                }
+            } else if let Some(c) = controls.iter_mut().find(|c| c.owns(token)) {
+                if c.ready(&registry, token, stack, &mut sockets) == Flow::Stop {
+                    return Ok(Stopped::Control);
                 }
             } else if transport.owns(token) {
                 if let Err(e) = transport.ready(&registry, token) {

@@ -4,6 +4,9 @@
 //! - [`sockets`]: [`Sockets`], the core's `HostIo` over real non-blocking
 //!   sockets, registering them through a [`Poller`] it does not own;
 //! - [`stream`]: QEMU's `-netdev stream` framing and unix socket server;
+//! - [`tap`]: the tap device transport (`usernet ns`/`attach`/slirp4netns);
+//! - [`netns`]: opening that tap inside another network namespace, and
+//!   starting a command in new namespaces;
 //! - [`pcap`]: the `--pcap` capture;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
@@ -12,11 +15,13 @@
 //! mio's `usize` tokens.
 
 pub mod event_loop;
+pub mod netns;
 pub mod pcap;
 pub mod sockets;
 pub mod stream;
+pub mod tap;
 
-pub use event_loop::{RunError, Transport, run};
+pub use event_loop::{Control, Flow, RunError, Stopped, Transport, run, run_with};
 pub use sockets::{Interest, MioPoller, Poller, Sockets};
 pub use stream::{Decoder, Encoder, StreamServer};
 

@@ -144,6 +144,9 @@ pub struct Sockets<P: Poller> {
     peek_off: bool,
     /// Reusable buffer for peeking without `SO_PEEK_OFF`.
     scratch: Vec<u8>,
+    /// Source addresses outbound TCP and UDP sockets bind to
+    /// (slirp4netns's `--outbound-addr`/`--outbound-addr6`).
+    outbound: (Option<Ipv4Addr>, Option<Ipv6Addr>),
 }
 
 fn not_found() -> io::Error {
@@ -236,6 +239,22 @@ impl<P: Poller> Sockets<P> {
             socks: HashMap::new(),
             peek_off: true,
             scratch: Vec::new(),
+            outbound: (None, None),
+        }
+    }
+
+    /// Binds outbound TCP connections and UDP flows to `v4` / `v6` (port
+    /// 0) instead of letting the kernel pick the source address.
+    pub fn with_outbound(mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Self {
+        self.outbound = (v4, v6);
+        self
+    }
+
+    /// The address an outbound socket to `dst` binds to, if any.
+    fn outbound_for(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        match dst {
+            SocketAddr::V4(_) => self.outbound.0.map(|a| (a, 0).into()),
+            SocketAddr::V6(_) => self.outbound.1.map(|a| (a, 0).into()),
         }
     }
 
@@ -316,6 +335,9 @@ impl<P: Poller> HostIo for Sockets<P> {
             Type::STREAM.nonblocking(),
             Some(Protocol::TCP),
         )?;
+        if let Some(src) = self.outbound_for(dst) {
+            sock.bind(&src.into())?;
+        }
         match sock.connect(&dst.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -418,7 +440,8 @@ impl<P: Poller> HostIo for Sockets<P> {
             Type::DGRAM.nonblocking(),
             Some(Protocol::UDP),
         )?;
-        sock.bind(&wildcard(dst).into())?;
+        let src = self.outbound_for(dst).unwrap_or_else(|| wildcard(dst));
+        sock.bind(&src.into())?;
         self.insert(token, Sock::Dgram(sock.into()), Interest::BOTH)
     }
 

@@ -8,12 +8,12 @@
 //! gives one line on stderr naming the flag and exit code 2 (clap's own
 //! errors run to several lines; [`parse`] folds them).
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use usernet_core::Config;
-use usernet_core::config::{DnsHost, HostFwd, Ipv4Net, parse_dns_upstream};
+use usernet_core::config::{DnsHost, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream};
 
 /// A memory-safe user-mode network stack for QEMU guests.
 #[derive(Debug, Parser)]
@@ -27,11 +27,85 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The modes usernet runs in (`ns`, `attach` and `slirp4netns` will join).
+/// The modes usernet runs in.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a QEMU guest over `-netdev stream` on a unix socket.
     Qemu(QemuArgs),
+    /// Run a command in a new user and network namespace served by usernet
+    /// through a tap; exit with the command's status.
+    Ns(NsArgs),
+    /// Serve an existing network namespace through a tap (as
+    /// `slirp4netns --configure PID tap0`).
+    Attach(AttachArgs),
+    /// slirp4netns's command line (`usernet slirp4netns --help`); also
+    /// used when usernet runs under the name `slirp4netns`.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Slirp4netns(Slirp4netnsArgs),
+}
+
+/// `usernet slirp4netns`: its arguments are parsed by [`crate::slirp4netns`].
+#[derive(Debug, Args)]
+pub struct Slirp4netnsArgs {
+    /// slirp4netns's options and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
+}
+
+/// The namespace side of `ns` and `attach`.
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// The namespace's address [default: host 100 of --net, 10.0.2.100].
+    #[arg(long, value_name = "ADDR")]
+    pub guest_addr: Option<Ipv4Addr>,
+    /// Name of the tap device inside the namespace.
+    #[arg(long, value_name = "NAME", default_value = "tap0")]
+    pub tap: String,
+    /// Serve the slirp4netns JSON API (port forwards) on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+impl TapArgs {
+    /// The namespace's address within `net`.
+    pub fn guest_addr(&self, net: Ipv4Net) -> Ipv4Addr {
+        self.guest_addr.unwrap_or_else(|| in_net(net, 100))
+    }
+}
+
+/// `usernet ns`.
+#[derive(Debug, Args)]
+pub struct NsArgs {
+    /// The network and its services.
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// The namespace's tap.
+    #[command(flatten)]
+    pub tap: TapArgs,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `usernet attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The network and its services.
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// The namespace's tap.
+    #[command(flatten)]
+    pub tap: TapArgs,
+    /// The network namespace as a path (e.g. /run/netns/NAME) instead of a
+    /// PID.
+    #[arg(long, value_name = "PATH", conflicts_with = "pid")]
+    pub netns: Option<PathBuf>,
+    /// Enter this user namespace first (a namespace owned by another user).
+    #[arg(long, value_name = "PATH")]
+    pub userns_path: Option<PathBuf>,
+    /// A process in the network namespace to serve.
+    #[arg(value_name = "PID", required_unless_present = "netns")]
+    pub pid: Option<u32>,
 }
 
 /// `usernet qemu`.
@@ -41,6 +115,9 @@ pub struct QemuArgs {
     /// `-netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH`.
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
+    /// Serve the slirp4netns JSON API (port forwards) on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// The network and its services.
     #[command(flatten)]
     pub stack: StackArgs,
@@ -74,6 +151,25 @@ pub struct StackArgs {
     /// Link MTU.
     #[arg(long, value_name = "BYTES", default_value_t = 1500)]
     pub mtu: u32,
+    /// Serve IPv4.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = ArgAction::Set)]
+    pub ipv4: bool,
+    /// Serve IPv6 (router advertisements for SLAAC, DHCPv6, v6 NAT).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = ArgAction::Set)]
+    pub ipv6: bool,
+    /// Guest IPv6 prefix.
+    #[arg(
+        long = "ipv6-net",
+        value_name = "PREFIX/LEN",
+        default_value = "fec0::/64"
+    )]
+    pub ipv6_net: Ipv6Net,
+    /// IPv6 gateway, which reaches the host's ::1 [default: ::2 in --ipv6-net].
+    #[arg(long = "ipv6-host", value_name = "ADDR")]
+    pub ipv6_host: Option<Ipv6Addr>,
+    /// IPv6 DNS forwarder address [default: ::3 in --ipv6-net].
+    #[arg(long = "ipv6-dns", value_name = "ADDR")]
+    pub ipv6_dns: Option<Ipv6Addr>,
     /// Port forward from the host to the guest (repeatable).
     #[arg(long, value_name = "tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")]
     pub hostfwd: Vec<HostFwd>,
@@ -93,6 +189,20 @@ pub struct StackArgs {
     /// Capture every frame on the guest link to this pcap file.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+}
+
+/// QEMU's `on|off` switches.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
+}
+
+/// Host number `n` inside an IPv6 prefix.
+fn in_net6(net: Ipv6Net, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) | n)
 }
 
 /// Host number `n` inside `net`, as QEMU derives its default addresses.
@@ -119,6 +229,11 @@ impl StackArgs {
             domainname: self.domainname.clone(),
             dnssearch: self.dnssearch.clone(),
             mtu: self.mtu,
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+            ipv6_net: self.ipv6_net,
+            ipv6_host: self.ipv6_host.unwrap_or_else(|| in_net6(self.ipv6_net, 2)),
+            ipv6_dns: self.ipv6_dns.unwrap_or_else(|| in_net6(self.ipv6_net, 3)),
             disable_host_loopback: self.disable_host_loopback,
             dns_upstreams,
             dns_hosts: self.dns_host.clone(),
@@ -163,9 +278,9 @@ where
         }
         // clap prints the whole help for a missing mode; one line will do.
         clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        | clap::error::ErrorKind::MissingSubcommand => {
-            CliError::Usage("usernet: a mode is required (qemu); try --help".to_owned())
-        }
+        | clap::error::ErrorKind::MissingSubcommand => CliError::Usage(
+            "usernet: a mode is required (qemu, ns, attach, slirp4netns); try --help".to_owned(),
+        ),
         _ => CliError::Usage(one_line(&e)),
     })
 }
@@ -177,7 +292,9 @@ mod tests {
     fn qemu(extra: &[&str]) -> Result<StackArgs, CliError> {
         let args = ["usernet", "qemu", "--socket", "/tmp/u.sock"];
         let cli = parse(args.iter().chain(extra))?;
-        let Command::Qemu(q) = cli.command;
+        let Command::Qemu(q) = cli.command else {
+            panic!("not qemu");
+        };
         assert_eq!(q.socket, PathBuf::from("/tmp/u.sock"));
         Ok(q.stack)
     }
@@ -235,7 +352,7 @@ mod tests {
         assert_eq!(c.hostfwd.len(), 2);
         assert_eq!(
             c.hostfwd[1].guest_addr,
-            Some(Ipv4Addr::new(192, 168, 76, 20))
+            Some(Ipv4Addr::new(192, 168, 76, 20).into())
         );
         assert!(c.disable_host_loopback);
         assert_eq!(c.dns_upstreams.len(), 2);
@@ -288,6 +405,41 @@ mod tests {
             "{missing:?}"
         );
         assert!(matches!(parse(["usernet"]), Err(CliError::Usage(l)) if l.contains("qemu")));
+    }
+
+    #[test]
+    fn ns_attach_and_slirp4netns_modes() {
+        let cli =
+            parse(["usernet", "ns", "--mtu", "9000", "--", "sh", "-c", "true"]).expect("parses");
+        let Command::Ns(ns) = cli.command else {
+            panic!("not ns");
+        };
+        assert_eq!(ns.command, ["sh", "-c", "true"]);
+        assert_eq!(ns.stack.mtu, 9000);
+        assert_eq!(ns.tap.tap, "tap0");
+        assert_eq!(
+            ns.tap.guest_addr(ns.stack.net),
+            Ipv4Addr::new(10, 0, 2, 100)
+        );
+        let cli = parse(["usernet", "ns", "sleep", "-x"]).expect("parses");
+        assert!(matches!(cli.command, Command::Ns(n) if n.command == ["sleep", "-x"]));
+        assert!(matches!(parse(["usernet", "ns"]), Err(CliError::Usage(_))));
+
+        let cli = parse(["usernet", "attach", "--guest-addr", "10.0.2.9", "77"]).expect("parses");
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach");
+        };
+        assert_eq!((a.pid, a.netns), (Some(77), None));
+        assert_eq!(a.tap.guest_addr(a.stack.net), Ipv4Addr::new(10, 0, 2, 9));
+        let cli = parse(["usernet", "attach", "--netns", "/run/netns/x"]).expect("parses");
+        assert!(matches!(cli.command, Command::Attach(a) if a.pid.is_none()));
+        assert!(matches!(
+            parse(["usernet", "attach"]),
+            Err(CliError::Usage(_))
+        ));
+
+        let cli = parse(["usernet", "slirp4netns", "--help", "-c", "1"]).expect("parses");
+        assert!(matches!(cli.command, Command::Slirp4netns(s) if s.args == ["--help", "-c", "1"]));
     }
 
     #[test]

@@ -1,26 +1,53 @@
 //! `usernet`: the binary. Parses the command line ([`cli`]), sets up
-//! logging, and runs the event loop of `usernet-host` for the chosen mode.
+//! logging, and runs the event loop of `usernet-host` for the chosen mode:
+//! - `qemu`: a QEMU guest over a unix stream socket;
+//! - `ns`: a command in new user + network namespaces, through a tap;
+//! - `attach`: an existing network namespace, through a tap;
+//! - `slirp4netns` (also when argv\[0\] is `slirp4netns`): `attach` with
+//!   slirp4netns 1.2's command line ([`slirp4netns`]).
+//!
+//! Any mode can serve the slirp4netns JSON API ([`api`], [`control`]).
 //!
 //! Exit codes: 0 after SIGINT/SIGTERM, 1 when serving fails (cannot bind
-//! the socket, cannot listen for a port forward), 2 for a bad command line
-//! or configuration. Errors are one line on stderr, starting `usernet: `.
+//! the socket, cannot listen for a port forward, cannot set up the tap), 2
+//! for a bad command line or configuration (1 in slirp4netns mode, as
+//! slirp4netns); `ns` exits with its command's status (128 + signal if it
+//! was killed). Errors are one line on stderr, starting `usernet: `.
+mod api;
 mod cli;
+mod control;
+mod slirp4netns;
 
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use usernet_core::{Config, Stack};
-use usernet_host::StreamServer;
+use usernet_host::netns;
 use usernet_host::pcap::Pcap;
+use usernet_host::sockets::MioPoller;
+use usernet_host::tap::{LinkConfig, Tap};
+use usernet_host::{Control, Sockets, Stopped, StreamServer};
 
-use crate::cli::{CliError, Command, QemuArgs};
+use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
+use crate::control::{ApiServer, ReadyFd, StopOn};
 
 fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os()) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = argv.first().cloned().unwrap_or_default();
+    if Path::new(&argv0).file_name() == Some("slirp4netns".as_ref()) {
+        init_logging(0);
+        return slirp4netns_main(&argv0.to_string_lossy(), &argv[1..]);
+    }
+    let cli = match cli::parse(argv) {
         Ok(cli) => cli,
         Err(CliError::Display(e)) => e.exit(),
         Err(CliError::Usage(line)) => {
@@ -31,6 +58,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match cli.command {
         Command::Qemu(args) => qemu(args),
+        Command::Ns(args) => ns(args),
+        Command::Attach(args) => attach(args),
+        Command::Slirp4netns(args) => slirp4netns_main("usernet slirp4netns", &args.args),
     }
 }
 
@@ -104,7 +134,299 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
         cfg.dhcpstart,
         cfg.mtu
     );
+    let mut api = match &args.api_socket {
+        Some(p) => Some(
+            ApiServer::bind(p, cfg.dhcpstart)
+                .with_context(|| format!("--api-socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut controls: Vec<&mut dyn Control> = Vec::new();
+    if let Some(a) = &mut api {
+        controls.push(a);
+    }
     let mut stack = Stack::new(cfg, Instant::now());
-    usernet_host::run(&mut stack, &mut server, pcap)?;
+    let sockets = |r| Sockets::new(MioPoller::new(r));
+    usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls)?;
+    Ok(())
+}
+
+/// The configuration of a tap mode (`ns`, `attach`): the stack's, with the
+/// namespace's address as the default port-forward target.
+fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), String> {
+    let mut cfg = stack.config(resolv_conf);
+    let guest = tap.guest_addr(cfg.net);
+    if !cfg.net.contains(guest)
+        || guest == cfg.host
+        || guest == cfg.dns
+        || guest == cfg.net.network()
+        || guest == cfg.net.broadcast()
+    {
+        return Err(format!(
+            "--guest-addr {guest}: not a free host address of --net {}/{}",
+            cfg.net.network(),
+            cfg.net.prefix
+        ));
+    }
+    // No DHCP in a namespace; the stack's fallback guest address (for
+    // forwards before it saw the guest) is the namespace's.
+    cfg.dhcpstart = guest;
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok((cfg, guest))
+}
+
+/// The tap's link setup for `cfg` with the namespace at `guest`.
+fn link_config(cfg: &Config, guest: Ipv4Addr, mac: Option<[u8; 6]>, up: bool) -> LinkConfig {
+    LinkConfig {
+        mtu: cfg.mtu,
+        mac,
+        ipv4: up.then_some((guest, cfg.net.prefix, cfg.host)),
+    }
+}
+
+/// Whether we are root in our user namespace (else entering another
+/// network namespace needs its user namespace too).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Serves `cfg` on the tap `fd` until a signal or a control stops it.
+fn serve_tap(
+    cfg: Config,
+    fd: OwnedFd,
+    tap_name: &str,
+    pcap: Option<&Path>,
+    outbound: (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    controls: &mut [&mut dyn Control],
+) -> anyhow::Result<Stopped> {
+    let pcap = match pcap {
+        Some(p) => Some(Pcap::create(p).with_context(|| format!("--pcap {}", p.display()))?),
+        None => None,
+    };
+    tracing::info!(
+        "serving {tap_name}: net {}/{} gateway {} dns {} mtu {}",
+        cfg.net.network(),
+        cfg.net.prefix,
+        cfg.host,
+        cfg.dns,
+        cfg.mtu
+    );
+    let mut tap = Tap::new(fd, tap_name, cfg.max_frame());
+    let mut stack = Stack::new(cfg, Instant::now());
+    let sockets = |r| Sockets::new(MioPoller::new(r)).with_outbound(outbound.0, outbound.1);
+    Ok(usernet_host::run_with(
+        &mut stack, &mut tap, pcap, sockets, controls,
+    )?)
+}
+
+fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<ApiServer>> {
+    path.map(|p| ApiServer::bind(p, guest).with_context(|| format!("--api-socket {}", p.display())))
+        .transpose()
+}
+
+/// `usernet ns`.
+fn ns(args: NsArgs) -> ExitCode {
+    let (cfg, guest) = match tap_config(&args.stack, &args.tap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("usernet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let resolv = std::env::temp_dir().join(format!("usernet-{}.resolv.conf", std::process::id()));
+    let result = serve_ns(&args, cfg, guest, &resolv);
+    let _ = std::fs::remove_file(&resolv);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("usernet: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_ns(
+    args: &NsArgs,
+    cfg: Config,
+    guest: Ipv4Addr,
+    resolv: &Path,
+) -> anyhow::Result<ExitCode> {
+    std::fs::write(resolv, format!("nameserver {}\n", cfg.dns))
+        .with_context(|| format!("{}", resolv.display()))?;
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    let waiting = netns::spawn_unshared(cmd, Some(resolv))
+        .with_context(|| format!("cannot start {:?} in new namespaces", args.command[0]))?;
+    let pid = waiting.pid();
+    let userns = (!is_root()).then(|| PathBuf::from(format!("/proc/{pid}/ns/user")));
+    let link = link_config(&cfg, guest, None, true);
+    let netns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    // On failure `waiting` is dropped and the command exits unrun.
+    let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
+    let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
+    let mut child = waiting.release().context("cannot run the command")?;
+    let mut watch = StopOn::child(netns::pidfd_open(child.id()).context("pidfd_open")?);
+    let mut controls: Vec<&mut dyn Control> = vec![&mut watch];
+    if let Some(a) = &mut api {
+        controls.push(a);
+    }
+    let stopped = serve_tap(
+        cfg,
+        fd,
+        &args.tap.tap,
+        args.stack.pcap.as_deref(),
+        (None, None),
+        &mut controls,
+    );
+    if !matches!(stopped, Ok(Stopped::Control)) {
+        // A signal or an error: the command would be left without network.
+        let _ = child.kill();
+    }
+    let status = child.wait().context("wait for the command")?;
+    stopped?;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+}
+
+/// `usernet attach`.
+fn attach(args: AttachArgs) -> ExitCode {
+    let (cfg, guest) = match tap_config(&args.stack, &args.tap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("usernet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = || -> anyhow::Result<()> {
+        let netns_path = match (&args.netns, args.pid) {
+            (Some(p), _) => p.clone(),
+            (None, Some(pid)) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            (None, None) => anyhow::bail!("a PID or --netns is required"),
+        };
+        let userns = args.userns_path.clone().or_else(|| {
+            args.pid
+                .filter(|_| !is_root())
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/user")))
+        });
+        let link = link_config(&cfg, guest, None, true);
+        let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
+        let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
+        let mut controls: Vec<&mut dyn Control> = Vec::new();
+        if let Some(a) = &mut api {
+            controls.push(a);
+        }
+        serve_tap(
+            cfg,
+            fd,
+            &args.tap.tap,
+            args.stack.pcap.as_deref(),
+            (None, None),
+            &mut controls,
+        )?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usernet: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// slirp4netns mode: `prog` is the name to show in messages.
+fn slirp4netns_main(prog: &str, args: &[OsString]) -> ExitCode {
+    let a = match slirp4netns::parse(args) {
+        Ok(slirp4netns::Parsed::Run(a)) => a,
+        Ok(slirp4netns::Parsed::Help) => {
+            print!("{}", slirp4netns::help(prog));
+            return ExitCode::SUCCESS;
+        }
+        Ok(slirp4netns::Parsed::Version) => {
+            print!("{}", slirp4netns::version());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{prog}: {e} (see --help)");
+            return ExitCode::from(1);
+        }
+    };
+    match serve_slirp4netns(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{prog}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
+    if a.enable_sandbox {
+        tracing::warn!("--enable-sandbox: not built yet; running without a sandbox");
+    }
+    if a.enable_seccomp {
+        tracing::warn!("--enable-seccomp: not built yet; running without seccomp");
+    }
+    let net = a.cidr;
+    let host_n = |n: u32| Ipv4Addr::from(u32::from(net.network()) | (n & !u32::from(net.mask())));
+    let guest = host_n(100);
+    let cfg = Config {
+        net,
+        host: host_n(2),
+        dns: host_n(3),
+        dhcpstart: guest,
+        mtu: a.mtu,
+        // slirp4netns serves IPv6 only when asked.
+        ipv6: a.enable_ipv6,
+        disable_host_loopback: a.disable_host_loopback,
+        // --disable-dns: no forwarder upstream (queries to 10.0.2.3 fail).
+        dns_upstreams: if a.disable_dns {
+            Vec::new()
+        } else {
+            resolv_conf()
+        },
+        ..Config::default()
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.exit_fd.is_some() && a.exit_fd == a.ready_fd {
+        anyhow::bail!("--exit-fd and --ready-fd must differ");
+    }
+    let exit_fd = a
+        .exit_fd
+        .map(|fd| netns::inherited_fd(fd).with_context(|| format!("--exit-fd {fd}")))
+        .transpose()?;
+    let ready_fd = a
+        .ready_fd
+        .map(|fd| netns::inherited_fd(fd).with_context(|| format!("--ready-fd {fd}")))
+        .transpose()?;
+    let netns_path = if a.netns_is_path {
+        PathBuf::from(&a.target)
+    } else {
+        PathBuf::from(format!("/proc/{}/ns/net", a.target))
+    };
+    let link = link_config(&cfg, guest, a.macaddress, a.configure);
+    let fd = netns::open_tap(&netns_path, a.userns_path.as_deref(), &a.tapname, &link)?;
+    let mut api = bind_api(a.api_socket.as_ref(), guest)?;
+    let mut ready = ReadyFd(ready_fd.map(std::fs::File::from));
+    let mut exit = exit_fd.map(StopOn::exit_fd);
+    let mut controls: Vec<&mut dyn Control> = vec![&mut ready];
+    if let Some(e) = &mut exit {
+        controls.push(e);
+    }
+    if let Some(api) = &mut api {
+        controls.push(api);
+    }
+    serve_tap(
+        cfg,
+        fd,
+        &a.tapname,
+        None,
+        (a.outbound_addr, a.outbound_addr6),
+        &mut controls,
+    )?;
     Ok(())
 }

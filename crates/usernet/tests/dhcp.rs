@@ -102,6 +102,8 @@ fn gateway_answers_arp() {
         "no lease:\n{}",
         un.log()
     );
+    let rss = un.rss();
+    assert!(rss.rss_kib > 0 && rss.hwm_kib >= rss.rss_kib, "{rss:?}");
     let replies = out
         .lines()
         .filter(|l| l.starts_with("Unicast reply from 10.0.2.2 "))

@@ -808,3 +808,4 @@ pub fn dhcp_message_type(bootp: &[u8]) -> Option<u8> {
     }
     None
 }
+pub mod ns;

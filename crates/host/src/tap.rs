@@ -1,0 +1,428 @@
+//! The tap transport: a Linux tap device (`/dev/net/tun`, `IFF_TAP |
+//! IFF_NO_PI`) as the guest link, for `usernet ns`, `usernet attach` and
+//! the slirp4netns mode.
+//!
+//! # Theory of operation
+//! The tap is the network namespace's side of a virtual Ethernet cable:
+//! every frame the namespace's kernel sends out of `tap0` is one `read(2)`
+//! on our descriptor, and every `write(2)` of a frame is one frame received
+//! by `tap0`. The same [`usernet_core::Stack`] serves it as serves QEMU;
+//! only the framing differs (none: one syscall per frame, no length
+//! prefix).
+//!
+//! - [`create`] opens the device in the *calling thread's* network
+//!   namespace (see [`crate::netns`] for getting there), non-blocking and
+//!   close-on-exec;
+//! - [`configure`] sets MTU, transmit queue length, MAC, IPv4 address,
+//!   link up and the default route with the classic `SIOC*` ioctls on a
+//!   datagram socket of that namespace (no netlink, no `ip` binary);
+//! - [`Tap`] implements the event loop's [`Transport`]: reads frames until
+//!   `EAGAIN` (at most the per-turn bound), writes one frame per `write(2)`
+//!   and, should the device ever refuse with `EAGAIN`, keeps up to
+//!   [`OUT_FRAMES`] frames queued and stops taking frames from the stack
+//!   (back-pressure) until the descriptor is writable again.
+//!
+//! The descriptor stays usable after the opening thread leaves the
+//! namespace: a tap belongs to the namespace it was created in, whoever
+//! holds the descriptor.
+//!
+//! Not built yet: `IFF_VNET_HDR` with `TUNSETOFFLOAD` (TSO/GSO and checksum
+//! offload, so one `read` carries up to 64 KiB of TCP) is the next
+//! performance step; it needs the core to accept and emit GSO frames.
+//!
+//! `unsafe` is limited to `ioctl(2)`, `read(2)` and `write(2)` calls on
+//! descriptors we own, with `// SAFETY:` on each.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::c_char;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use mio::{Interest, Registry, Token};
+
+use crate::event_loop::{ReadStatus, Transport};
+
+/// The tap's mio token.
+const TAP: Token = Token(crate::DRIVER_TOKEN_BASE as usize + 0x10);
+
+/// The most frames queued for the tap when it refuses writes.
+pub const OUT_FRAMES: usize = 64;
+
+/// The transmit queue length set on the tap (the namespace's side of the
+/// queue, frames waiting for us to read): tun's default, which slirp4netns
+/// keeps, and which absorbs a burst of a TCP window at 1500 bytes. Set
+/// explicitly so a changed kernel default does not change us.
+pub const TXQUEUELEN: i32 = 1000;
+
+/// How the namespace's side of the tap is set up by [`configure`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Interface MTU.
+    pub mtu: u32,
+    /// MAC address of the interface (the kernel picks one when `None`).
+    pub mac: Option<[u8; 6]>,
+    /// IPv4 address, prefix length and default gateway; `None` leaves the
+    /// link unconfigured and down (slirp4netns without `--configure`).
+    pub ipv4: Option<(Ipv4Addr, u8, Ipv4Addr)>,
+}
+
+/// A valid interface name as the kernel wants it (NUL-padded).
+fn ifname(name: &str) -> io::Result<[c_char; libc::IFNAMSIZ]> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let mut out = [0 as c_char; libc::IFNAMSIZ];
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = *b as c_char;
+    }
+    Ok(out)
+}
+
+/// An `ifreq` for `name`, all zero otherwise.
+fn ifreq(name: [c_char; libc::IFNAMSIZ]) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data (arrays, integers, pointers in a
+    // union); all-zero is a valid value of each.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = name;
+    req
+}
+
+/// `ioctl(fd, request, req)`.
+fn ioctl<T>(fd: RawFd, request: libc::Ioctl, req: &mut T) -> io::Result<()> {
+    // SAFETY: every request used in this module takes a pointer to a `T`
+    // (ifreq or rtentry) the kernel reads and may write; `req` is a live,
+    // exclusive reference for the whole call.
+    let r = unsafe { libc::ioctl(fd, request, std::ptr::from_mut(req)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens `/dev/net/tun` and attaches it to tap `name` in the calling
+/// thread's network namespace (creating the interface if needed).
+/// The descriptor is non-blocking and close-on-exec.
+///
+/// Async-signal-safe apart from the error path's formatting: usable in a
+/// forked child (see [`crate::netns`]).
+pub fn create(name: &str) -> io::Result<OwnedFd> {
+    let name = ifname(name)?;
+    // SAFETY: a NUL-terminated literal path; open returns a new descriptor
+    // or -1.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req)?;
+    Ok(fd)
+}
+
+/// `struct sockaddr_in` for `ip`, as the generic `sockaddr` the ioctls take.
+fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain data;
+    // this is the cast every C caller of these ioctls makes.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// The kernel's `struct rtentry` (linux/route.h), which the libc crate
+/// only defines for musl.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+/// Configures tap `name` in the calling thread's network namespace: MTU,
+/// transmit queue, MAC, and with `cfg.ipv4` its address, link up and a
+/// default route via the gateway.
+pub fn configure(name: &str, cfg: &LinkConfig) -> io::Result<()> {
+    let name_c = ifname(name)?;
+    // SAFETY: plain socket(2); returns a new descriptor or -1.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `s` was just returned by socket and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let fd = sock.as_raw_fd();
+
+    let mut req = ifreq(name_c);
+    req.ifr_ifru.ifru_mtu = i32::try_from(cfg.mtu)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "MTU too large"))?;
+    ioctl(fd, libc::SIOCSIFMTU, &mut req)?;
+
+    let mut req = ifreq(name_c);
+    // ifr_qlen shares the union's int slot with ifr_mtu. Best effort: the
+    // kernel wants CAP_NET_ADMIN in the *initial* user namespace for this
+    // one, which a rootless caller lacks (tun's default is 1000 anyway).
+    req.ifr_ifru.ifru_mtu = TXQUEUELEN;
+    let _ = ioctl(fd, libc::SIOCSIFTXQLEN, &mut req);
+
+    if let Some(mac) = cfg.mac {
+        let mut req = ifreq(name_c);
+        let mut sa = libc::sockaddr {
+            sa_family: libc::ARPHRD_ETHER,
+            sa_data: [0; 14],
+        };
+        for (d, b) in sa.sa_data.iter_mut().zip(mac) {
+            *d = b as c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = sa;
+        ioctl(fd, libc::SIOCSIFHWADDR, &mut req)?;
+    }
+
+    let Some((addr, prefix, gateway)) = cfg.ipv4 else {
+        return Ok(());
+    };
+    let mut req = ifreq(name_c);
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    ioctl(fd, libc::SIOCSIFADDR, &mut req)?;
+
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    let mut req = ifreq(name_c);
+    req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
+    ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
+
+    let mut req = ifreq(name_c);
+    ioctl(fd, libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    ioctl(fd, libc::SIOCSIFFLAGS, &mut req)?;
+
+    let mut dev = [0 as c_char; libc::IFNAMSIZ + 1];
+    dev[..libc::IFNAMSIZ].copy_from_slice(&name_c);
+    let mut route = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_gateway: sockaddr_in(gateway),
+        rt_genmask: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        // The kernel copies the NUL-terminated name during the call.
+        rt_dev: dev.as_mut_ptr(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    ioctl(fd, libc::SIOCADDRT, &mut route)
+}
+
+/// A tap device as the guest link of the event loop.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    /// Whether the descriptor still works (a hard read error ends it).
+    up: bool,
+    /// One received frame.
+    rx: Vec<u8>,
+    /// Frames written by the stack but not yet taken by the device, each
+    /// with its length.
+    queue: VecDeque<(Vec<u8>, usize)>,
+    /// Buffers of written frames, for reuse.
+    pool: Vec<Vec<u8>>,
+    /// The buffer handed out by the last `out_slot`.
+    slot: Vec<u8>,
+    max_frame: usize,
+}
+
+impl Tap {
+    /// Wraps a tap descriptor from [`create`] carrying frames up to
+    /// `max_frame` bytes (the MTU plus the Ethernet header).
+    pub fn new(fd: OwnedFd, name: &str, max_frame: usize) -> Tap {
+        Tap {
+            fd,
+            name: name.to_owned(),
+            up: true,
+            // Room for a VLAN tag beyond the largest frame we expect, so an
+            // oversized frame is seen (and dropped by the core) rather than
+            // cut.
+            rx: vec![0; max_frame + 4],
+            queue: VecDeque::with_capacity(OUT_FRAMES),
+            pool: Vec::new(),
+            slot: Vec::new(),
+            max_frame,
+        }
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `write(2)` of one frame.
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: `frame` is valid for reads of `frame.len()` bytes during
+        // the call; the descriptor is ours.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// `read(2)` of one frame into `rx`.
+    fn read_frame(&mut self) -> io::Result<usize> {
+        // SAFETY: `rx` is valid for writes of `rx.len()` bytes during the
+        // call, and the kernel writes at most that many.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                self.rx.as_mut_ptr().cast(),
+                self.rx.len(),
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl Transport for Tap {
+    fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(
+            &mut mio::unix::SourceFd(&self.fd.as_raw_fd()),
+            TAP,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    fn owns(&self, token: Token) -> bool {
+        token == TAP
+    }
+
+    fn ready(&mut self, _: &Registry, _: Token) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn is_up(&self) -> bool {
+        self.up
+    }
+
+    fn read_frames(
+        &mut self,
+        registry: &Registry,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> ReadStatus {
+        if !self.up {
+            return ReadStatus::Drained;
+        }
+        let mut n = 0;
+        while n < max {
+            match self.read_frame() {
+                Ok(0) => break,
+                Ok(len) => {
+                    f(&self.rx[..len]);
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStatus::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("{}: read failed: {e}; link closed", self.name);
+                    break;
+                }
+            }
+        }
+        if n >= max {
+            return ReadStatus::More;
+        }
+        // End of file or a hard error: the interface is gone (its
+        // namespace died).
+        self.up = false;
+        let _ = registry.deregister(&mut mio::unix::SourceFd(&self.fd.as_raw_fd()));
+        ReadStatus::Closed
+    }
+
+    fn out_slot(&mut self) -> Option<&mut [u8]> {
+        if !self.up || self.queue.len() >= OUT_FRAMES {
+            return None;
+        }
+        if self.slot.is_empty() {
+            self.slot = self.pool.pop().unwrap_or_else(|| vec![0; self.max_frame]);
+        }
+        Some(&mut self.slot[..])
+    }
+
+    fn commit(&mut self, len: usize) -> &[u8] {
+        let buf = std::mem::take(&mut self.slot);
+        self.queue.push_back((buf, len));
+        match self.queue.back() {
+            Some((buf, len)) => &buf[..*len],
+            None => &[],
+        }
+    }
+
+    fn flush(&mut self, _: &Registry) -> io::Result<bool> {
+        while let Some((buf, len)) = self.queue.front() {
+            match self.write_frame(&buf[..*len]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // E.g. EIO while the link is down: the frame is lost, as on
+                // a wire; the link itself stays.
+                Err(e) => tracing::debug!("{}: frame dropped: {e}", self.name),
+            }
+            if let Some((buf, _)) = self.queue.pop_front() {
+                self.pool.push(buf);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(ifname("tap0").is_ok());
+        assert!(ifname("").is_err());
+        assert!(ifname("sixteen-chars-xx").is_err());
+        assert!(ifname("a\0b").is_err());
+    }
+
+    #[test]
+    fn rtentry_matches_the_kernel_layout() {
+        // linux/route.h on 64-bit: 120 bytes, rt_dev at 88.
+        assert_eq!(std::mem::size_of::<RtEntry>(), 120);
+        assert_eq!(std::mem::offset_of!(RtEntry, rt_dev), 88);
+    }
+}
