@@ -266,6 +266,9 @@ pub struct Config {
     pub lease_time: Duration,
     /// Refuse guest traffic to the gateway (which would reach host loopback).
     pub disable_host_loopback: bool,
+    /// Do not serve DNS: the DNS addresses are like any other unused
+    /// address of the network (slirp4netns `--disable-dns`).
+    pub disable_dns: bool,
     /// Upstream resolvers for the DNS forwarder.
     pub dns_upstreams: Vec<SocketAddr>,
     /// Names answered locally.
@@ -304,6 +307,7 @@ impl Default for Config {
             mtu: 1500,
             lease_time: Duration::from_secs(86400),
             disable_host_loopback: false,
+            disable_dns: false,
             dns_upstreams: Vec::new(),
             dns_hosts: Vec::new(),
             hostfwd: Vec::new(),

@@ -60,7 +60,7 @@ pub fn outbound(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
             _ => Verdict::Host(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port())),
         };
     }
-    if ip == cfg.dns {
+    if ip == cfg.dns && !cfg.disable_dns {
         return match proto {
             Proto::Icmp => Verdict::Local,
             _ if dst.port() == 53 => Verdict::Dns,
@@ -85,7 +85,7 @@ fn outbound6(cfg: &Config, proto: Proto, ip: Ipv6Addr, port: u16) -> Verdict {
             _ => Verdict::Host(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)),
         };
     }
-    if ip == cfg.ipv6_dns {
+    if ip == cfg.ipv6_dns && !cfg.disable_dns {
         return match proto {
             Proto::Icmp => Verdict::Local,
             _ if port == 53 => Verdict::Dns,
@@ -142,7 +142,13 @@ mod tests {
             disable_host_loopback: true,
             ..Config::default()
         };
+        let no_dns = Config {
+            disable_dns: true,
+            ..Config::default()
+        };
         let table: &[(&Config, Proto, &str, Verdict)] = &[
+            (&no_dns, Proto::Udp, "10.0.2.3:53", Verdict::Refuse),
+            (&no_dns, Proto::Udp, "[fec0::3]:53", Verdict::Refuse),
             (
                 &cfg,
                 Proto::Tcp,

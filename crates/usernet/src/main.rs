@@ -383,12 +383,8 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
         // slirp4netns serves IPv6 only when asked.
         ipv6: a.enable_ipv6,
         disable_host_loopback: a.disable_host_loopback,
-        // --disable-dns: no forwarder upstream (queries to 10.0.2.3 fail).
-        dns_upstreams: if a.disable_dns {
-            Vec::new()
-        } else {
-            resolv_conf()
-        },
+        disable_dns: a.disable_dns,
+        dns_upstreams: resolv_conf(),
         ..Config::default()
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
