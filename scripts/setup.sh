@@ -6,10 +6,11 @@
 # missing. Delete .cache/guest to rebuild it.
 #
 # The guest is Debian's current kernel plus a gzipped newc initramfs holding
-# busybox-static, socat and iperf3 (with their libraries) and the virtio-net
-# modules. Its /init loads the modules, mounts proc/sys/dev, brings up lo and
-# eth0, prints "=== usernet guest up ===", runs /scenario.sh if present
-# (supplied per test as a second, concatenated cpio), prints
+# busybox-static, socat and iperf3 (with their libraries), a static
+# /bin/connloop (tests/guest/connloop.c) and the virtio-net modules. Its
+# /init loads the modules, mounts proc/sys/dev, brings up lo and eth0, prints
+# "=== usernet guest up ===", runs /scenario.sh if present (supplied per
+# test as a second, concatenated cpio), prints
 # "=== scenario exit N ===" and powers off. The busybox udhcpc default script
 # configures eth0 and prints the lease as "lease.FIELD=VALUE" lines.
 #
@@ -27,12 +28,13 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need=()
 for pair in qemu-system-x86_64:qemu-system-x86 socat:socat iperf3:iperf3 \
     cpio:cpio ip:iproute2 sysctl:procps python3:python3 unshare:util-linux \
-    gzip:gzip timeout:coreutils; do
+    gzip:gzip timeout:coreutils gcc:gcc; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev) # for connloop
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${need[*]} (run as root to install them)"
@@ -42,6 +44,14 @@ if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# connloop (tests/guest/connloop.c) is built statically into the guest as
+# /bin/connloop; the stamp records which source the cached initramfs holds,
+# so a missing or changed connloop rebuilds it.
+connloop_sum=$(sha256sum "$repo/tests/guest/connloop.c" | cut -d' ' -f1)
+if [[ $(cat "$cache/connloop.stamp" 2>/dev/null) != "$connloop_sum" ]]; then
+    rm -f "$cache/initramfs.cpio.gz"
 fi
 
 # --- guest ------------------------------------------------------------------
@@ -166,6 +176,8 @@ exit 0
 EOF
     chmod 755 "$root/etc/udhcpc/default.script"
 
+    gcc -O2 -static -o "$root/bin/connloop" "$repo/tests/guest/connloop.c"
+
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\n' >"$root/etc/group"
     printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
@@ -177,6 +189,7 @@ EOF
     mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
     mv "$work/initramfs.cpio.gz" "$cache/initramfs.cpio.gz"
     rm -f "$cache/accel"
+    echo "$connloop_sum" >"$cache/connloop.stamp"
     log "guest built: kernel $kver, initramfs $(du -h "$cache/initramfs.cpio.gz" | cut -f1)"
 fi
 
