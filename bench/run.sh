@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Benchmark usernet against slirp4netns and pasta serving a network namespace.
+# Usage: sudo bench/run.sh            (full: iperf3 3 x 5 s, median)
+#        BENCH_QUICK=1 bench/run.sh   (quick: iperf3 1 x 2 s)
+# Optional: BENCH_STACKS="usernet slirp4netns pasta", BENCH_OUT=bench/RESULTS.md
+# Everything runs inside a network namespace this script creates (a veth
+# with a default route that leads nowhere), so no traffic leaves the machine.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+TOOL="$HERE/tool.py"
+
+if [[ "${1:-}" != --inner ]]; then
+    [[ $(id -u) == 0 ]] || { echo "run.sh: run as root" >&2; exit 1; }
+    need=()
+    command -v slirp4netns >/dev/null || need+=(slirp4netns)
+    command -v pasta >/dev/null || need+=(passt)
+    command -v iperf3 >/dev/null || need+=(iperf3)
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    command -v python3 >/dev/null || need+=(python3)
+    if ((${#need[@]})); then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+    fi
+    (cd "$ROOT" && cargo build --release -q)
+    exec unshare --net -- "$0" --inner
+fi
+
+# ---- inside the benchmark's own outer network namespace (the "host") ----
+USERNET="$ROOT/target/release/usernet"
+NS=usernet-bench-$$
+WORK=$(mktemp -d /tmp/usernet-bench.XXXXXX)
+RAW="$WORK/raw.tsv"; : >"$RAW"
+STACKS=${BENCH_STACKS:-usernet slirp4netns pasta}
+if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; else RUNS=3; SECS=5; fi
+RR_N=10000; CRR_N=2000; HOLD_N=1000
+PIDS=()
+STACK_PID=
+T0=$(date +%s)
+
+cleanup() {
+    set +e
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    ip netns del "$NS" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n 8192
+ip link set lo up
+ip link add bench0 type veth peer name bench1
+ip addr add 192.0.2.1/24 dev bench0
+ip link set bench0 up; ip link set bench1 up
+ip route add default via 192.0.2.254   # leads nowhere
+echo "nameserver 127.0.0.1" >"$WORK/resolv.conf"
+
+log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
+rec() { echo "$1 $2 $3" >>"$RAW"; log "$1 $2 = $3"; }
+nsx() { ip netns exec "$NS" "$@"; }
+bg() { "$@" & PIDS+=($!); }   # start in background, remember the PID
+stop() {  # stop one PID we started
+    kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
+    local keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}")
+}
+rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# Start stack $1 at MTU $2 serving a fresh namespace; forwards host
+# 127.0.0.1:15201 -> ns:5201 and 127.0.0.1:17000 -> ns:7000.
+start_stack() {
+    local stack=$1 mtu=$2
+    ip netns del "$NS" 2>/dev/null || true
+    ip netns add "$NS"
+    nsx ip link set lo up
+    case $stack in
+    usernet)
+        bg "$USERNET" attach --netns "/run/netns/$NS" --mtu "$mtu" \
+            --dns-upstream 127.0.0.1:53 \
+            --hostfwd tcp:127.0.0.1:15201-10.0.2.100:5201 \
+            --hostfwd tcp:127.0.0.1:17000-10.0.2.100:7000 2>"$WORK/$stack.log"
+        ;;
+    slirp4netns)
+        bg slirp4netns --configure --mtu="$mtu" --netns-type=path \
+            --api-socket "$WORK/slirp.sock" "/run/netns/$NS" tap0 >"$WORK/$stack.log" 2>&1
+        ;;
+    pasta)
+        bg pasta -q -f --runas 0 --netns-only --netns "/run/netns/$NS" --config-net \
+            -I tap0 -a 10.0.2.100 -n 24 -g 10.0.2.2 -m "$mtu" -D 10.0.2.3 \
+            -t 15201:5201,17000:7000 -u none -T none -U none >"$WORK/$stack.log" 2>&1
+        ;;
+    esac
+    STACK_PID=${PIDS[-1]}
+    local i
+    for i in $(seq 100); do
+        nsx ip -4 addr show dev tap0 2>/dev/null | grep -q 10.0.2.100 && break
+        kill -0 "$STACK_PID" 2>/dev/null || { cat "$WORK/$stack.log" >&2; return 1; }
+        sleep 0.1
+    done
+    nsx ip -4 addr show dev tap0 | grep -q 10.0.2.100 || { log "$stack: tap0 not configured"; return 1; }
+    nsx ip route replace default via 10.0.2.2 dev tap0 2>/dev/null || true
+    if [[ $stack == slirp4netns ]]; then
+        for i in $(seq 50); do [[ -S $WORK/slirp.sock ]] && break; sleep 0.1; done
+        local p
+        for p in 5201:15201 7000:17000; do
+            python3 "$TOOL" api "$WORK/slirp.sock" \
+                "{\"execute\":\"add_hostfwd\",\"arguments\":{\"proto\":\"tcp\",\"host_addr\":\"127.0.0.1\",\"host_port\":${p#*:},\"guest_port\":${p%:*}}}" >/dev/null
+        done
+    fi
+    sleep 0.3
+}
+
+iperf_med() {  # label; rest = iperf3 client command prefix
+    local vals=() r
+    for r in $(seq "$RUNS"); do
+        if timeout $((SECS + 20)) "$@" -t "$SECS" -J >"$WORK/iperf.json" 2>"$WORK/iperf.err"; then
+            vals+=("$(python3 "$TOOL" iperf "$WORK/iperf.json")")
+        else
+            log "iperf3 failed: $(tail -c 300 "$WORK/iperf.json" "$WORK/iperf.err" | tr '\n' ' ')"
+        fi
+    done
+    if ((${#vals[@]})); then python3 "$TOOL" median "${vals[@]}"; else echo FAIL; fi
+}
+
+# Host-side servers (the host's loopback), shared by all stacks.
+bg iperf3 -s -B 127.0.0.1 -p 5201 >/dev/null 2>&1
+HOST_IPERF=$!
+bg python3 "$TOOL" server 127.0.0.1 7000
+python3 "$TOOL" wait 127.0.0.1 5201 5; python3 "$TOOL" wait 127.0.0.1 7000 5
+
+bench_stack() {
+    local s=$1 mtu v
+    for mtu in 1500 65520; do
+        log "== $s MTU $mtu"
+        start_stack "$s" "$mtu" || { log "$s failed to start at MTU $mtu"; stop "$STACK_PID"; continue; }
+        [[ $mtu == 1500 ]] && rec "$s" rss_idle "$(rss_mib "$STACK_PID")"
+        bg ip netns exec "$NS" iperf3 -s -p 5201 >/dev/null 2>&1; local nsi=$!
+        bg ip netns exec "$NS" python3 "$TOOL" server 0.0.0.0 7000; local nss=$!
+        python3 "$TOOL" wait 127.0.0.1 15201 10 || true
+        rec "$s" "tput_out_$mtu" "$(iperf_med ip netns exec "$NS" iperf3 -c 10.0.2.2 -p 5201)"
+        rec "$s" "tput_in_$mtu" "$(iperf_med iperf3 -c 127.0.0.1 -p 15201)"
+        if [[ $mtu == 1500 ]]; then
+            rec "$s" rr_out "$(timeout 90 ip netns exec "$NS" python3 "$TOOL" rr 10.0.2.2 7000 $RR_N || echo FAIL)"
+            rec "$s" rr_in "$(timeout 90 python3 "$TOOL" rr 127.0.0.1 17000 $RR_N || echo FAIL)"
+            rec "$s" crr_out "$(timeout 90 ip netns exec "$NS" python3 "$TOOL" crr 10.0.2.2 7000 $CRR_N || echo FAIL)"
+            sleep 1
+            rec "$s" crr_in "$(timeout 90 python3 "$TOOL" crr 127.0.0.1 17000 $CRR_N || echo FAIL)"
+            sleep 1
+            # 1,000 idle connections namespace -> host, held open while we read RSS.
+            rm -f "$WORK/hold.out"
+            bg ip netns exec "$NS" python3 "$TOOL" hold 10.0.2.2 7000 $HOLD_N 90 >"$WORK/hold.out"
+            local h=$! i
+            for i in $(seq 600); do
+                grep -q ready "$WORK/hold.out" 2>/dev/null && break
+                kill -0 "$h" 2>/dev/null || break
+                sleep 0.1
+            done
+            if grep -q ready "$WORK/hold.out" 2>/dev/null; then
+                sleep 0.5; v=$(rss_mib "$STACK_PID")
+            else v=FAIL; fi
+            rec "$s" rss_1000 "$v"
+            stop "$h"
+        fi
+        stop "$nsi"; stop "$nss"
+        kill -0 "$STACK_PID" 2>/dev/null || log "$s: stack process died! log: $(tail -c 500 "$WORK/$s.log")"
+        stop "$STACK_PID"
+    done
+}
+
+for s in $STACKS; do bench_stack "$s"; done
+ELAPSED=$(($(date +%s) - T0))
+
+# ---- report ----
+OUT=${BENCH_OUT:-$HERE/RESULTS.md}
+pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
+{
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') ($(nproc) CPUs)"
+    echo "- Kernel: $(uname -r)"
+    echo "- usernet: $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) (release build)"
+    echo "- slirp4netns: $(slirp4netns --version | head -1 | awk '{print $3}')"
+    echo "- pasta (passt): $pasta_ver"
+    echo "- iperf3: $(iperf3 --version | head -1 | awk '{print $2}'); python3: $(python3 -c 'import platform; print(platform.python_version())')"
+    if [[ -n "${BENCH_QUICK:-}" ]]; then
+        echo "- Mode: **QUICK** (BENCH_QUICK=1): iperf3 1 run of 2 s per figure"
+    else
+        echo "- Mode: full: iperf3 3 runs of 5 s per figure, median"
+    fi
+    echo "- Benchmark wall time (measurements only): ${ELAPSED} s"
+    echo
+    echo "Method: each stack serves a fresh named network namespace (tap0 10.0.2.100/24, gateway 10.0.2.2 → host loopback),"
+    echo "all inside a network namespace created by bench/run.sh (no route off the machine)."
+    echo "ns→host: iperf3 server on the host's 127.0.0.1, client in the namespace to 10.0.2.2."
+    echo "host→ns: server in the namespace, client on the host to a port forward on 127.0.0.1."
+    echo "RR: $RR_N 1-byte round trips on one connection (python3 client and server, TCP_NODELAY; includes python overhead on both ends)."
+    echo "Connect+close: $CRR_N sequential connect()/close() (python3). RSS: VmRSS of the stack process, idle and with $HOLD_N idle"
+    echo "namespace→host connections open (the process is usernet / slirp4netns / pasta itself). Latency, connect rate and RSS at MTU 1500."
+} >"$WORK/meta.md"
+python3 "$TOOL" report "$RAW" "$OUT" "$WORK/meta.md"
+log "wrote $OUT (total ${ELAPSED}s of measurements)"
