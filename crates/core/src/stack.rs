@@ -1210,4 +1210,43 @@ impl Stack {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+
+    /// The flows open now, for listings such as QEMU's `info usernet`.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.flows
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.flows.get(id).map(|entry| (id, entry)))
+            .map(|(id, (key, flow))| Connection {
+                token: id.token(),
+                proto: key.proto,
+                guest: key.guest,
+                remote: key.remote,
+                tcp_state: match flow {
+                    Flow::Tcp(f) => Some(f.state),
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    /// What the stack learnt of the guest: its MAC, IPv4 and IPv6 address.
+    pub fn guest_addresses(&self) -> (Option<[u8; 6]>, Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        (self.guest_mac.map(|m| m.0), self.guest_ip, self.guest_ip6)
+    }
+}
+
+/// One open flow, as [`Stack::connections`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// The token of its host socket.
+    pub token: Token,
+    /// Protocol.
+    pub proto: Proto,
+    /// The guest's endpoint (ICMP: the echo identifier as the port).
+    pub guest: SocketAddr,
+    /// The peer as the guest sees it.
+    pub remote: SocketAddr,
+    /// Where a TCP connection stands (`None` for UDP and ICMP).
+    pub tcp_state: Option<tcp::State>,
 }

@@ -27,9 +27,10 @@ use mio::{Events, Interest, Poll, Registry};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use usernet_core::stack::StartError;
-use usernet_core::{HostEvent, Stack, Token};
+use usernet_core::Stack;
 
 use crate::DRIVER_TOKEN_BASE;
+use crate::drive::{self, FrameSink, host_event};
 use crate::pcap::Pcap;
 use crate::sockets::{MioPoller, Sockets};
 
@@ -142,14 +143,14 @@ pub enum RunError {
     Start(#[from] StartError),
 }
 
-/// Turns a mio event on a core socket into the core's [`HostEvent`].
-fn host_event(ev: &mio::event::Event) -> HostEvent {
-    let hangup = ev.is_read_closed() && ev.is_write_closed();
-    HostEvent {
-        token: Token(ev.token().0 as u64),
-        readable: ev.is_readable() || ev.is_read_closed(),
-        writable: ev.is_writable(),
-        error: ev.is_error() || hangup,
+/// Every transport is where the loop polls the stack's frames to.
+impl<T: Transport + ?Sized> FrameSink for T {
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        self.out_slot()
+    }
+
+    fn push(&mut self, len: usize) -> &[u8] {
+        self.commit(len)
     }
 }
 
@@ -258,26 +259,23 @@ pub fn run_with<T: Transport>(
             }
         }
 
-        if stack.poll_timeout().is_some_and(|t| t <= now) {
-            stack.handle_timeout(now, &mut sockets);
-        }
+        drive::run_timers(stack, now, &mut sockets);
 
         let mut sent = 0;
         while transport.is_up() {
-            let mut full = false;
-            while sent < MAX_FRAMES_PER_TURN {
-                let Some(slot) = transport.out_slot() else {
-                    full = true;
-                    break;
-                };
-                let Some(len) = stack.poll_frame(now, slot, &mut sockets) else {
-                    break;
-                };
-                let frame = transport.commit(len);
-                tracing::debug!(len = frame.len(), "frame to guest");
-                capture(&mut pcap, frame);
-                sent += 1;
-            }
+            let polled = drive::poll_frames(
+                stack,
+                now,
+                &mut sockets,
+                transport,
+                MAX_FRAMES_PER_TURN - sent,
+                &mut |frame| {
+                    tracing::debug!(len = frame.len(), "frame to guest");
+                    capture(&mut pcap, frame);
+                },
+            );
+            sent += polled.sent;
+            let full = polled.full;
             match transport.flush(&registry) {
                 // Room again and the stack may have more: go on polling.
                 Ok(true) if full && sent < MAX_FRAMES_PER_TURN => {}

@@ -8,12 +8,15 @@
 //! - [`netns`]: opening that tap inside another network namespace, and
 //!   starting a command in new namespaces;
 //! - [`pcap`]: the `--pcap` capture;
+//! - [`drive`]: the steps of one turn of driving a `Stack`, shared by every
+//!   driver;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
 //! Only 64-bit targets are supported: the core's 64-bit tokens map 1:1 to
 //! mio's `usize` tokens.
 
+pub mod drive;
 pub mod event_loop;
 pub mod netns;
 pub mod pcap;

@@ -273,6 +273,11 @@ impl<P: Poller> Sockets<P> {
         self.socks.is_empty()
     }
 
+    /// The descriptor of the socket under `token`, for listings.
+    pub fn fd(&self, token: Token) -> Option<RawFd> {
+        self.socks.get(&token).map(Sock::fd)
+    }
+
     /// Registers `sock` under `token` and keeps it.
     fn insert(&mut self, token: Token, sock: Sock, interest: Interest) -> io::Result<()> {
         if self.socks.contains_key(&token) {
