@@ -2,9 +2,12 @@
 # Builds the drop-in libslirp.so.0 (crates/libslirp) with libslirp's
 # symbol versions.
 #
-#   scripts/build-libslirp.sh [--archive LIB.a] [--out DIR]
+#   scripts/build-libslirp.sh [--archive LIB.a | --deps DIR] [--out DIR]
 #
 # Without --archive, builds the crate's staticlib in release mode first.
+# --deps takes the newest libusernet_libslirp-*.a in a cargo deps directory:
+# what tests use, since `cargo test` builds the staticlib beside the test
+# binaries (a nested `cargo build` would wait on the lock `cargo test` holds).
 # The archive is linked with `cc -shared`, a version script and the soname:
 # a Rust cdylib would lose the versions (rust-lld drops them), and binaries
 # linked against Debian's libslirp0 ask for `slirp_new@SLIRP_4.1` and the
@@ -20,6 +23,10 @@ out="$target/libslirp"
 while [ $# -gt 0 ]; do
     case "$1" in
         --archive) archive="$2"; shift 2 ;;
+        --deps)
+            archive="$(ls -t "$2"/libusernet_libslirp-*.a 2>/dev/null | head -n1)"
+            [ -n "$archive" ] || { echo "build-libslirp.sh: no libusernet_libslirp-*.a in '$2'" >&2; exit 2; }
+            shift 2 ;;
         --out) out="$2"; shift 2 ;;
         *) echo "build-libslirp.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Registry};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use usernet_core::stack::StartError;
 use usernet_core::Stack;
+use usernet_core::stack::StartError;
 
 use crate::DRIVER_TOKEN_BASE;
 use crate::drive::{self, FrameSink, host_event};

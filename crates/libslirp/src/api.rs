@@ -341,9 +341,11 @@ pub unsafe extern "C" fn slirp_add_hostfwd(
         guest_addr: guest_target(v4(guest_addr)),
         guest_port: gp,
     };
-    enter(slirp, "slirp_add_hostfwd", -1, |s| match s.add_hostfwd(fwd) {
-        Ok(_) => 0,
-        Err(_) => -1,
+    enter(slirp, "slirp_add_hostfwd", -1, |s| {
+        match s.add_hostfwd(fwd) {
+            Ok(_) => 0,
+            Err(_) => -1,
+        }
     })
 }
 
@@ -387,7 +389,10 @@ unsafe fn socket_addr(sa: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
         libc::AF_INET if len >= std::mem::size_of::<sockaddr_in>() => {
             // SAFETY: an AF_INET address of sufficient length.
             let a = unsafe { sa.cast::<sockaddr_in>().read_unaligned() };
-            Some(SocketAddr::new(v4(a.sin_addr).into(), u16::from_be(a.sin_port)))
+            Some(SocketAddr::new(
+                v4(a.sin_addr).into(),
+                u16::from_be(a.sin_port),
+            ))
         }
         libc::AF_INET6 if len >= std::mem::size_of::<sockaddr_in6>() => {
             // SAFETY: an AF_INET6 address of sufficient length.
@@ -435,9 +440,11 @@ pub unsafe extern "C" fn slirp_add_hostxfwd(
         guest_addr,
         guest_port: guest.port(),
     };
-    enter(slirp, "slirp_add_hostxfwd", -1, |s| match s.add_hostfwd(fwd) {
-        Ok(_) => 0,
-        Err(_) => -1,
+    enter(slirp, "slirp_add_hostxfwd", -1, |s| {
+        match s.add_hostfwd(fwd) {
+            Ok(_) => 0,
+            Err(_) => -1,
+        }
     })
 }
 
@@ -472,8 +479,9 @@ pub unsafe extern "C" fn slirp_remove_hostxfwd(
 /// Reports that guest forwards are not in usernet's core yet.
 fn no_guestfwd(slirp: *mut Slirp, name: &str) -> c_int {
     enter(slirp, name, -1, |s| {
-        s.callbacks()
-            .guest_error(&format!("usernet: {name}: guest forwards are not supported yet"));
+        s.callbacks().guest_error(&format!(
+            "usernet: {name}: guest forwards are not supported yet"
+        ));
         -1
     })
 }

@@ -112,7 +112,11 @@ impl Callbacks {
 
     /// Undoes [`Callbacks::register`].
     pub fn unregister(&self, fd: c_int) {
-        if let Some(f) = self.cb.unregister_poll_socket.or(self.cb.unregister_poll_fd) {
+        if let Some(f) = self
+            .cb
+            .unregister_poll_socket
+            .or(self.cb.unregister_poll_fd)
+        {
             // SAFETY: a valid callback.
             unsafe { f(fd, self.opaque) };
         }

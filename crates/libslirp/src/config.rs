@@ -71,7 +71,11 @@ pub struct SlirpCb {
     pub clock_get_ns: Option<unsafe extern "C" fn(opaque: *mut c_void) -> i64>,
     /// Creates a timer calling `cb(cb_opaque)` (before version 4).
     pub timer_new: Option<
-        unsafe extern "C" fn(cb: SlirpTimerCb, cb_opaque: *mut c_void, opaque: *mut c_void) -> *mut c_void,
+        unsafe extern "C" fn(
+            cb: SlirpTimerCb,
+            cb_opaque: *mut c_void,
+            opaque: *mut c_void,
+        ) -> *mut c_void,
     >,
     /// Frees a timer.
     pub timer_free: Option<unsafe extern "C" fn(timer: *mut c_void, opaque: *mut c_void)>,
@@ -88,8 +92,9 @@ pub struct SlirpCb {
     pub init_completed: Option<unsafe extern "C" fn(slirp: *mut Slirp, opaque: *mut c_void)>,
     /// Version 4: creates a timer that makes the embedder call
     /// `slirp_handle_timer(slirp, id, cb_opaque)`.
-    pub timer_new_opaque:
-        Option<unsafe extern "C" fn(id: c_int, cb_opaque: *mut c_void, opaque: *mut c_void) -> *mut c_void>,
+    pub timer_new_opaque: Option<
+        unsafe extern "C" fn(id: c_int, cb_opaque: *mut c_void, opaque: *mut c_void) -> *mut c_void,
+    >,
     /// Version 6: registers a socket.
     pub register_poll_socket: Option<unsafe extern "C" fn(fd: c_int, opaque: *mut c_void)>,
     /// Version 6: unregisters a socket.
@@ -237,8 +242,7 @@ pub unsafe fn read_callbacks(cb: *const SlirpCb, version: u32) -> SlirpCb {
         }
         if version >= 6 {
             out.register_poll_socket = (&raw const (*cb).register_poll_socket).read_unaligned();
-            out.unregister_poll_socket =
-                (&raw const (*cb).unregister_poll_socket).read_unaligned();
+            out.unregister_poll_socket = (&raw const (*cb).unregister_poll_socket).read_unaligned();
         }
         out
     }
@@ -300,7 +304,10 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
         core.ipv6_host = ipv6((&raw const (*cfg).vhost6).read_unaligned());
         core.hostname = string((&raw const (*cfg).vhostname).read_unaligned(), "vhostname")?;
         for (p, name) in [
-            ((&raw const (*cfg).tftp_server_name).read_unaligned(), "tftp_server_name"),
+            (
+                (&raw const (*cfg).tftp_server_name).read_unaligned(),
+                "tftp_server_name",
+            ),
             ((&raw const (*cfg).tftp_path).read_unaligned(), "tftp_path"),
             ((&raw const (*cfg).bootfile).read_unaligned(), "bootfile"),
         ] {
@@ -321,7 +328,10 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
                 }
             }
         }
-        core.domainname = string((&raw const (*cfg).vdomainname).read_unaligned(), "vdomainname")?;
+        core.domainname = string(
+            (&raw const (*cfg).vdomainname).read_unaligned(),
+            "vdomainname",
+        )?;
         let mtu = (&raw const (*cfg).if_mtu).read_unaligned();
         if mtu != 0 {
             core.mtu = u32::try_from(mtu).unwrap_or(u32::MAX);

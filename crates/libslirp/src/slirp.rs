@@ -170,7 +170,8 @@ impl Slirp {
         let now = self.now();
         if ready {
             for ev in self.epoll.collect() {
-                self.stack.handle_host(now, host_event(ev), &mut self.sockets);
+                self.stack
+                    .handle_host(now, host_event(ev), &mut self.sockets);
             }
         }
         self.pump(now);

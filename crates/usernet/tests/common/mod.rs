@@ -357,6 +357,19 @@ impl Guest {
         files: &[GuestFile<'_>],
         timeout: Duration,
     ) -> String {
+        Guest::run_on(&Nic::Stream(socket), scenario, files, timeout, &mut |_| {})
+    }
+
+    /// [`Guest::run_with_files`] with the NIC attached as `nic`; `started`
+    /// is called with QEMU's pid once it is spawned (it may still be
+    /// execing through a wrapper).
+    pub fn run_on(
+        nic: &Nic<'_>,
+        scenario: &str,
+        files: &[GuestFile<'_>],
+        timeout: Duration,
+        started: &mut dyn FnMut(u32),
+    ) -> String {
         let guest = guest_dir();
         let kernel = guest.join("vmlinuz");
         let base = guest.join("initramfs.cpio.gz");
@@ -387,27 +400,56 @@ impl Guest {
         fs::write(&initrd_path, initrd).expect("write initrd");
 
         let console = dir.join("console");
-        let mut netdev =
-            std::ffi::OsString::from("stream,id=n0,server=off,addr.type=unix,addr.path=");
-        netdev.push(socket);
-        let started = Instant::now();
+        let mut qemu: Vec<std::ffi::OsString> = vec!["qemu-system-x86_64".into()];
+        for a in ["-accel", &accel(), "-m", "256", "-nographic", "-no-reboot"] {
+            qemu.push(a.into());
+        }
+        qemu.push("-kernel".into());
+        qemu.push(kernel.into());
+        qemu.push("-initrd".into());
+        qemu.push(initrd_path.into());
+        qemu.push("-append".into());
+        qemu.push("console=ttyS0 quiet panic=-1".into());
+        let mut cmd = match nic {
+            Nic::Stream(socket) => {
+                let mut netdev =
+                    std::ffi::OsString::from("stream,id=n0,server=off,addr.type=unix,addr.path=");
+                netdev.push(socket);
+                qemu.extend(["-netdev".into(), netdev]);
+                qemu.extend(["-device".into(), "virtio-net-pci,netdev=n0".into()]);
+                let mut cmd = Command::new(&qemu[0]);
+                cmd.args(&qemu[1..]);
+                cmd
+            }
+            Nic::User {
+                options,
+                lib_dir,
+                resolv_conf,
+                args,
+            } => {
+                qemu.extend(["-nic".into(), format!("user,{options}").into()]);
+                qemu.extend(args.iter().map(Into::into));
+                // unshare and sh exec, so the child's pid becomes QEMU's.
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount --bind "$1" /etc/resolv.conf && shift && exec "$@""#)
+                    .arg("sh")
+                    .arg(resolv_conf)
+                    .args(&qemu)
+                    .env("LD_LIBRARY_PATH", lib_dir);
+                cmd
+            }
+        };
+        let started_at = Instant::now();
         let console_out = File::create(&console).expect("create console file");
         let console_err = console_out.try_clone().expect("dup console file");
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", &accel(), "-m", "256", "-nographic", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd_path)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .arg("-netdev")
-            .arg(netdev)
-            .args(["-device", "virtio-net-pci,netdev=n0"])
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(console_out)
             .stderr(console_err)
             .spawn()
             .expect("start qemu-system-x86_64");
+        started(child.id());
         let status = wait_timeout(&mut child, timeout);
         if status.is_none() {
             let _ = child.kill();
@@ -418,7 +460,7 @@ impl Guest {
             .replace('\r', "");
         eprintln!(
             "--- guest console ({:.1} s, {}) ---\n{output}\n--- end of guest console ---",
-            started.elapsed().as_secs_f64(),
+            started_at.elapsed().as_secs_f64(),
             match status {
                 Some(s) => format!("qemu exited with {s}"),
                 None => format!("killed after {timeout:?}"),
@@ -430,6 +472,25 @@ impl Guest {
         );
         output
     }
+}
+
+/// How [`Guest::run_on`] attaches the guest's NIC.
+pub enum Nic<'a> {
+    /// To usernet's socket (`-netdev stream`).
+    Stream(&'a Path),
+    /// QEMU's own `-nic user,OPTIONS`, with `libslirp.so.0` loaded from
+    /// `lib_dir` (`LD_LIBRARY_PATH`), in a private mount namespace where
+    /// `/etc/resolv.conf` is `resolv_conf`; `args` go to QEMU as well.
+    User {
+        /// `-nic user,` options, e.g. `model=virtio-net-pci,hostfwd=...`.
+        options: &'a str,
+        /// Directory holding the `libslirp.so.0` to load.
+        lib_dir: &'a Path,
+        /// The file bind-mounted on `/etc/resolv.conf`.
+        resolv_conf: &'a Path,
+        /// Extra QEMU arguments (a monitor, ...).
+        args: &'a [String],
+    },
 }
 
 /// The accelerator: `USERNET_TEST_ACCEL`, else what `scripts/setup.sh`
@@ -808,4 +869,5 @@ pub fn dhcp_message_type(bootp: &[u8]) -> Option<u8> {
     }
     None
 }
+pub mod bulk;
 pub mod ns;

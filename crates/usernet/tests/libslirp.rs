@@ -1,0 +1,358 @@
+//! Issue 8 acceptance: unmodified Debian binaries on usernet's drop-in
+//! `libslirp.so.0` (crates/libslirp).
+//!
+//! Each test links the library from the staticlib `cargo test` built
+//! (`scripts/build-libslirp.sh --deps`), puts it first on
+//! `LD_LIBRARY_PATH` and checks `/proc/PID/maps` shows ours. libslirp has
+//! no DNS upstream option: the library forwards to the nameservers of
+//! `/etc/resolv.conf`, so the binaries run in a private mount namespace
+//! where that file names 127.0.0.1, and a [`Port53Relay`] passes port 53
+//! of this test's network namespace to the [`TestResolver`].
+//!
+//! - `qemu_nic_user`: `qemu-system-x86_64 -nic user,model=virtio-net-pci,
+//!   hostfwd=...` boots the test guest: DHCP, DNS, HTTP to the host through
+//!   10.0.2.2, ping, 64 MiB from a host client to a guest server through the
+//!   forward; then the monitor's `hostfwd_add`, `info usernet` (listing a
+//!   live connection) and `hostfwd_remove`.
+//! - `slirp4netns_configure`: Debian's `slirp4netns --configure` serves a
+//!   namespace: TCP to the host, DNS, and its API's `add_hostfwd`.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::bulk::{BULK, RETRY, fetch_with_retry, field, guest_sha, join, prng_bytes, sha256};
+use common::bulk::{free_port, send_with_retry};
+use common::ns::{HttpServer, Port53Relay, Proc, api, in_ns, namespace, wait_for_tap};
+use common::{
+    DHCP, Guest, Nic, SCENARIO_OK, TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, lease,
+};
+
+/// Links `libslirp.so.0` into `dir` from the staticlib beside this test.
+fn build_library(dir: &TempDir) -> PathBuf {
+    let deps = std::env::current_exe()
+        .expect("test path")
+        .parent()
+        .expect("deps dir")
+        .to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-libslirp.sh");
+    let out_dir = dir.join("lib");
+    let out = Command::new(script)
+        .arg("--deps")
+        .arg(&deps)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run build-libslirp.sh");
+    assert!(
+        out.status.success(),
+        "build-libslirp.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out_dir.join("libslirp.so.0").exists());
+    out_dir
+}
+
+/// Waits (bounded) until process `pid` has `lib` mapped; returns whether
+/// it did.
+fn maps_library(pid: u32, lib: &Path) -> bool {
+    let want = lib.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if maps.contains(&want) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A resolv.conf naming 127.0.0.1, in `dir`.
+fn local_resolv_conf(dir: &TempDir) -> PathBuf {
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, "nameserver 127.0.0.1\n").expect("resolv.conf");
+    path
+}
+
+/// QEMU's human monitor on a unix socket.
+struct Monitor {
+    stream: UnixStream,
+}
+
+impl Monitor {
+    /// Connects (retrying until QEMU listens) and reads the banner.
+    fn connect(path: &Path) -> Monitor {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no monitor at {}",
+                path.display()
+            );
+            thread::sleep(Duration::from_millis(100));
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut m = Monitor { stream };
+        m.until_prompt();
+        m
+    }
+
+    fn until_prompt(&mut self) -> String {
+        let mut text = Vec::new();
+        let mut b = [0u8; 4096];
+        while !text.ends_with(b"(qemu) ") {
+            match self.stream.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&b[..n]),
+                Err(e) => panic!("monitor: {e} after {:?}", String::from_utf8_lossy(&text)),
+            }
+        }
+        String::from_utf8_lossy(&text).replace('\r', "")
+    }
+
+    /// Runs one command; returns its output.
+    fn run(&mut self, cmd: &str) -> String {
+        self.stream
+            .write_all(format!("{cmd}\n").as_bytes())
+            .expect("monitor write");
+        self.until_prompt()
+    }
+}
+
+/// What the host side of the QEMU test saw.
+struct HostSide {
+    info: String,
+    added_reply: String,
+    removed_refused: bool,
+}
+
+#[test]
+fn qemu_nic_user() {
+    assert_isolated_netns();
+    let dir = TempDir::new("libslirp-qemu");
+    let lib_dir = build_library(&dir);
+    let resolver = TestResolver::start();
+    let _relay = Port53Relay::start(resolver.addr());
+    let resolv = local_resolv_conf(&dir);
+    let http = HttpServer::start("hello-from-host");
+    let fwd_port = free_port();
+    let added_port = free_port();
+    // A host server the guest keeps a connection to, for `info usernet`.
+    let hold = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hold_port = hold.local_addr().expect("addr").port();
+    let monitor_path = dir.join("monitor.sock");
+    let data = prng_bytes(0x11b5_1127, BULK);
+    let want = sha256(&data);
+
+    let monitor = monitor_path.clone();
+    let host = thread::spawn(move || {
+        let lo = Ipv4Addr::LOCALHOST;
+        let t = Instant::now();
+        send_with_retry((lo, fwd_port), &data);
+        eprintln!("host→guest forward: {:.1} s", t.elapsed().as_secs_f64());
+        // The guest connected to `hold` before it listened on the forward.
+        hold.set_nonblocking(false).expect("blocking");
+        let (held, _) = hold.accept().expect("the guest's held connection");
+        let mut m = Monitor::connect(&monitor);
+        let add = m.run(&format!(
+            "hostfwd_add tcp:127.0.0.1:{added_port}-:{added_port}"
+        ));
+        let added_reply = String::from_utf8_lossy(&fetch_with_retry((lo, added_port))).into_owned();
+        let info = m.run("info usernet");
+        let remove = m.run(&format!("hostfwd_remove tcp:127.0.0.1:{added_port}"));
+        eprintln!("monitor:\n{add}\n{info}\n{remove}");
+        let removed_refused = TcpStream::connect((lo, added_port)).is_err();
+        drop(held);
+        HostSide {
+            info,
+            added_reply,
+            removed_refused,
+        }
+    });
+
+    let scenario = format!(
+        "{DHCP}nslookup qemu.usernet.test 10.0.2.3 | sed 's/^/ns: /'
+echo body=$(timeout 20 wget -q -O- http://10.0.2.2:{http}/)
+ping -c 1 -W 5 10.0.2.2 >/dev/null && echo ping=ok
+(sleep 600 | socat - TCP:10.0.2.2:{hold_port}) &
+timeout 300 socat -u TCP-LISTEN:{fwd_port},reuseaddr - | sha256sum | sed 's/ .*/ in/'
+timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-time'
+",
+        http = http.port()
+    );
+    let options = format!("model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{fwd_port}-:{fwd_port}");
+    let args = [
+        "-monitor".to_owned(),
+        format!("unix:{},server=on,wait=off", monitor_path.display()),
+    ];
+    let nic = Nic::User {
+        options: &options,
+        lib_dir: &lib_dir,
+        resolv_conf: &resolv,
+        args: &args,
+    };
+    let lib = lib_dir.join("libslirp.so.0");
+    let ours = Arc::new(Mutex::new(None));
+    let seen = ours.clone();
+    let out = Guest::run_on(&nic, &scenario, &[], Duration::from_secs(600), &mut |pid| {
+        let lib = lib.clone();
+        let seen = seen.clone();
+        thread::spawn(move || {
+            *seen.lock().expect("lock") = Some(maps_library(pid, &lib));
+        });
+    });
+    let host = join(host, "host side");
+    assert!(out.contains(SCENARIO_OK), "scenario failed:\n{out}");
+    assert_eq!(
+        *ours.lock().expect("lock"),
+        Some(true),
+        "QEMU did not map {}",
+        lib_dir.display()
+    );
+
+    let l = lease(&out);
+    assert_eq!(l.get("ip").map(String::as_str), Some("10.0.2.15"), "{out}");
+    assert_eq!(l.get("router").map(String::as_str), Some("10.0.2.2"));
+    assert_eq!(l.get("dns").map(String::as_str), Some("10.0.2.3"));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ns: Address:") && l.contains(&TEST_ANSWER.to_string())),
+        "no DNS answer:\n{out}"
+    );
+    assert!(resolver.queries() > 0);
+    assert_eq!(field(&out, "body"), Some("hello-from-host"));
+    assert_eq!(field(&out, "ping"), Some("ok"));
+    assert_eq!(guest_sha(&out, "in"), Some(want.as_str()), "64 MiB differ");
+
+    assert_eq!(host.added_reply.trim(), "added-at-run-time");
+    assert!(host.removed_refused, "the removed forward still accepts");
+    let established = format!("{hold_port}");
+    assert!(
+        host.info
+            .lines()
+            .any(|l| l.contains("TCP[ESTABLISHED]")
+                && l.split_whitespace().any(|w| w == established)),
+        "info usernet lists no connection to port {hold_port}:\n{}",
+        host.info
+    );
+    assert!(
+        host.info.lines().any(|l| l.contains("TCP[HOST_FORWARD]")
+            && l.split_whitespace().any(|w| w == fwd_port.to_string())),
+        "info usernet lists no forward:\n{}",
+        host.info
+    );
+}
+
+#[test]
+fn slirp4netns_configure() {
+    assert_isolated_netns();
+    let dir = TempDir::new("libslirp-s4");
+    let lib_dir = build_library(&dir);
+    let resolver = TestResolver::start();
+    let _relay = Port53Relay::start(resolver.addr());
+    let resolv = local_resolv_conf(&dir);
+    let http = HttpServer::start("hello-from-host");
+    let ns = namespace();
+    let sock = dir.join("api.sock");
+    let log_path = dir.join("slirp4netns.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let script = r#"mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure --mtu=65520 -a "$2" "$3" tap0"#;
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&resolv)
+        .arg(&sock)
+        .arg(ns.pid().to_string())
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log_path).expect("log"))
+        .stderr(std::fs::File::create(dir.join("stderr")).expect("log"))
+        .spawn()
+        .expect("start slirp4netns");
+    let s4 = Proc(child);
+    let addr = wait_for_tap(ns.pid(), "tap0", &log);
+    assert!(addr.contains("inet 10.0.2.100/24"), "{addr}");
+    assert!(
+        maps_library(s4.pid(), &lib_dir.join("libslirp.so.0")),
+        "slirp4netns did not map {}",
+        lib_dir.display()
+    );
+
+    let (ok, out) = in_ns(
+        ns.pid(),
+        &format!(
+            "busybox nslookup s4.usernet.test 10.0.2.3; \
+             echo body=$(busybox timeout 20 busybox wget -q -O- http://10.0.2.2:{}/)",
+            http.port()
+        ),
+    );
+    assert!(ok, "{out}\nlog:\n{}", log());
+    assert!(
+        out.contains(&TEST_ANSWER.to_string()),
+        "no DNS answer: {out}"
+    );
+    assert_eq!(field(&out, "body"), Some("hello-from-host"), "{out}");
+
+    // The API's add_hostfwd reaches a server in the namespace.
+    let port = free_port();
+    let reply = api(
+        &sock,
+        &format!(
+            r#"{{"execute": "add_hostfwd", "arguments": {{"proto": "tcp", "host_addr": "127.0.0.1", "host_port": {port}, "guest_port": {port}}}}}"#
+        ),
+    );
+    assert!(reply.contains("\"return\""), "add_hostfwd: {reply}");
+    let server = thread::spawn({
+        let pid = ns.pid();
+        move || {
+            in_ns(
+                pid,
+                &format!("echo from-namespace | busybox timeout 60 busybox nc -l -p {port}"),
+            )
+        }
+    });
+    // busybox nc keeps the connection after its stdin ends: read until the
+    // line arrives.
+    let deadline = Instant::now() + RETRY;
+    let got = loop {
+        let mut text = String::new();
+        if let Ok(mut c) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut b = [0u8; 256];
+            while let Ok(n @ 1..) = c.read(&mut b) {
+                text.push_str(&String::from_utf8_lossy(&b[..n]));
+                if text.contains('\n') {
+                    break;
+                }
+            }
+        }
+        if text.contains("from-namespace") || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got.trim(), "from-namespace", "through the API's forward");
+    let (_, served) = join(server, "namespace server");
+    drop(s4);
+    eprintln!("namespace server: {served}");
+}
