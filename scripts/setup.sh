@@ -28,13 +28,16 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need=()
 for pair in qemu-system-x86_64:qemu-system-x86 socat:socat iperf3:iperf3 \
     cpio:cpio ip:iproute2 sysctl:procps python3:python3 unshare:util-linux \
-    gzip:gzip timeout:coreutils gcc:gcc; do
+    gzip:gzip timeout:coreutils gcc:gcc objdump:binutils; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev) # for connloop
+# Debian's libslirp and its header: the reference crates/libslirp's
+# exports and layouts are compared with.
+dpkg -s libslirp-dev >/dev/null 2>&1 || need+=(libslirp-dev)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${need[*]} (run as root to install them)"

@@ -999,3 +999,46 @@ pub fn sll2_to_ethernet(packet: &[u8], guest_mac: [u8; 6], stack_mac: [u8; 6]) -
     f.extend_from_slice(payload);
     Some(f)
 }
+
+/// Every file under `dir` (recursively) whose extension is one of `exts`,
+/// sorted, appended to `out`.
+pub fn capture_files(dir: &std::path::Path, exts: &[&str], out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            capture_files(&p, exts, out);
+        } else if p.extension().is_some_and(|e| exts.iter().any(|x| e == *x)) {
+            out.push(p);
+        }
+    }
+}
+
+/// The Ethernet frames of a capture (`.pcap`, Ethernet or `LINUX_SLL2`
+/// rewritten as from `guest_mac` to `stack_mac`), or the one raw frame of
+/// a `.pkt`. Panics on an unreadable file: the corpus is the test's own.
+pub fn capture_frames(
+    path: &std::path::Path,
+    guest_mac: [u8; 6],
+    stack_mac: [u8; 6],
+) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).expect("readable capture");
+    if path.extension().is_some_and(|e| e == "pkt") {
+        return vec![data];
+    }
+    let mut r = pcap_file::pcap::PcapReader::new(&data[..]).expect("a pcap file");
+    let linktype = u32::from(r.header().datalink);
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let p = p.expect("a whole packet");
+        if linktype == LINKTYPE_LINUX_SLL2 {
+            out.extend(sll2_to_ethernet(&p.data, guest_mac, stack_mac));
+        } else {
+            out.push(p.data.to_vec());
+        }
+    }
+    out
+}

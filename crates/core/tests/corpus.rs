@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
-use pcap_file::pcap::PcapReader;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
@@ -30,7 +29,7 @@ use smoltcp::wire::{
 };
 use usernet_core::Config;
 use usernet_core::testing::{
-    Behaviour, Harness, LINKTYPE_LINUX_SLL2, check_frame, fix_checksums, sll2_to_ethernet,
+    Behaviour, Harness, capture_files as files, capture_frames, check_frame, fix_checksums,
 };
 
 /// The MAC QEMU gives its first guest NIC (used for captures without one).
@@ -41,40 +40,10 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Every `.pcap` and `.pkt` file under `dir`, sorted.
-fn files(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.map(|e| e.expect("dir entry").path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            files(&p, exts, out);
-        } else if p.extension().is_some_and(|e| exts.iter().any(|x| e == *x)) {
-            out.push(p);
-        }
-    }
-}
-
-/// The Ethernet frames of a capture, or the one raw frame of a `.pkt`.
+/// The Ethernet frames of a capture, as the MAC of QEMU's first NIC sends
+/// them to the stack.
 fn frames(path: &Path) -> Vec<Vec<u8>> {
-    let data = fs::read(path).expect("readable capture");
-    if path.extension().is_some_and(|e| e == "pkt") {
-        return vec![data];
-    }
-    let mut r = PcapReader::new(&data[..]).expect("a pcap file");
-    let linktype = u32::from(r.header().datalink);
-    let mut out = Vec::new();
-    while let Some(p) = r.next_packet() {
-        let p = p.expect("a whole packet");
-        if linktype == LINKTYPE_LINUX_SLL2 {
-            out.extend(sll2_to_ethernet(&p.data, GUEST_MAC, Config::default().mac));
-        } else {
-            out.push(p.data.to_vec());
-        }
-    }
-    out
+    capture_frames(path, GUEST_MAC, Config::default().mac)
 }
 
 /// What a guest frame asks for that the stack must answer.

@@ -30,6 +30,8 @@ pub mod config;
 mod info;
 mod poll;
 mod slirp;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod timers;
 
 pub use api::*;

@@ -1,0 +1,489 @@
+//! The library's C face: its exports against Debian's `libslirp0`, its
+//! structures against the C header, and each entry point driven by a fake
+//! embedder (`usernet_libslirp::testing`). No host socket is opened here
+//! (the namespace and QEMU tests are in `crates/usernet/tests/libslirp.rs`).
+#![allow(unsafe_code)] // The C ABI is what is under test.
+
+use std::collections::BTreeSet;
+use std::ffi::{CStr, c_int, c_void};
+use std::mem::offset_of;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Ipv4Address,
+};
+use usernet_libslirp::config::{SLIRP_POLL_IN, SlirpCb, SlirpConfig};
+use usernet_libslirp::testing::{Embedder, default_config};
+use usernet_libslirp::*;
+
+const DEBIAN_LIBSLIRP: &str = "/usr/lib/x86_64-linux-gnu/libslirp.so.0";
+const HEADER: &str = "/usr/include/slirp/libslirp.h";
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("usernet-abi-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Links `libslirp.so.0` from the staticlib beside this test.
+fn build_library(out: &Path) -> PathBuf {
+    let deps = std::env::current_exe()
+        .expect("test path")
+        .parent()
+        .expect("deps")
+        .to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-libslirp.sh");
+    let run = Command::new(script)
+        .arg("--deps")
+        .arg(&deps)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run build-libslirp.sh");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.join("libslirp.so.0")
+}
+
+/// `(version, name)` of every symbol a library defines, from `objdump -T`.
+fn exports(lib: &Path) -> BTreeSet<(String, String)> {
+    let out = Command::new("objdump")
+        .arg("-T")
+        .arg(lib)
+        .output()
+        .expect("run objdump");
+    assert!(out.status.success(), "objdump -T {}", lib.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("*UND*") && l.contains(" DF "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [.., version, name] = f[..] else {
+                return None;
+            };
+            Some((version.to_owned(), name.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn exports_match_debian_libslirp() {
+    let dir = scratch("exports");
+    let ours = exports(&build_library(&dir));
+    let theirs = exports(Path::new(DEBIAN_LIBSLIRP));
+    assert!(theirs.len() >= 23, "Debian's libslirp0: {theirs:?}");
+    let missing: Vec<_> = theirs.difference(&ours).collect();
+    assert!(
+        missing.is_empty(),
+        "missing or versioned differently: {missing:?}"
+    );
+    // Beyond Debian's 4.7: only libslirp 4.9's addition.
+    let extra: Vec<_> = ours.difference(&theirs).collect();
+    assert_eq!(
+        extra,
+        [&(
+            "SLIRP_4.9".to_owned(),
+            "slirp_pollfds_fill_socket".to_owned()
+        )]
+    );
+    // The soname binaries ask for.
+    let dynamic = Command::new("objdump")
+        .arg("-p")
+        .arg(dir.join("libslirp.so.0"))
+        .output()
+        .expect("objdump -p");
+    assert!(
+        String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               libslirp.so.0")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Offsets of every field the C header (Debian's 4.7: config version 4)
+/// declares, printed by a C program and compared with ours.
+#[test]
+fn layouts_match_the_c_header() {
+    let ours: Vec<(&str, usize)> = vec![
+        ("SlirpConfig.version", offset_of!(SlirpConfig, version)),
+        (
+            "SlirpConfig.restricted",
+            offset_of!(SlirpConfig, restricted),
+        ),
+        (
+            "SlirpConfig.in_enabled",
+            offset_of!(SlirpConfig, in_enabled),
+        ),
+        ("SlirpConfig.vnetwork", offset_of!(SlirpConfig, vnetwork)),
+        ("SlirpConfig.vnetmask", offset_of!(SlirpConfig, vnetmask)),
+        ("SlirpConfig.vhost", offset_of!(SlirpConfig, vhost)),
+        (
+            "SlirpConfig.in6_enabled",
+            offset_of!(SlirpConfig, in6_enabled),
+        ),
+        (
+            "SlirpConfig.vprefix_addr6",
+            offset_of!(SlirpConfig, vprefix_addr6),
+        ),
+        (
+            "SlirpConfig.vprefix_len",
+            offset_of!(SlirpConfig, vprefix_len),
+        ),
+        ("SlirpConfig.vhost6", offset_of!(SlirpConfig, vhost6)),
+        ("SlirpConfig.vhostname", offset_of!(SlirpConfig, vhostname)),
+        (
+            "SlirpConfig.tftp_server_name",
+            offset_of!(SlirpConfig, tftp_server_name),
+        ),
+        ("SlirpConfig.tftp_path", offset_of!(SlirpConfig, tftp_path)),
+        ("SlirpConfig.bootfile", offset_of!(SlirpConfig, bootfile)),
+        (
+            "SlirpConfig.vdhcp_start",
+            offset_of!(SlirpConfig, vdhcp_start),
+        ),
+        (
+            "SlirpConfig.vnameserver",
+            offset_of!(SlirpConfig, vnameserver),
+        ),
+        (
+            "SlirpConfig.vnameserver6",
+            offset_of!(SlirpConfig, vnameserver6),
+        ),
+        (
+            "SlirpConfig.vdnssearch",
+            offset_of!(SlirpConfig, vdnssearch),
+        ),
+        (
+            "SlirpConfig.vdomainname",
+            offset_of!(SlirpConfig, vdomainname),
+        ),
+        ("SlirpConfig.if_mtu", offset_of!(SlirpConfig, if_mtu)),
+        ("SlirpConfig.if_mru", offset_of!(SlirpConfig, if_mru)),
+        (
+            "SlirpConfig.disable_host_loopback",
+            offset_of!(SlirpConfig, disable_host_loopback),
+        ),
+        (
+            "SlirpConfig.enable_emu",
+            offset_of!(SlirpConfig, enable_emu),
+        ),
+        (
+            "SlirpConfig.outbound_addr",
+            offset_of!(SlirpConfig, outbound_addr),
+        ),
+        (
+            "SlirpConfig.outbound_addr6",
+            offset_of!(SlirpConfig, outbound_addr6),
+        ),
+        (
+            "SlirpConfig.disable_dns",
+            offset_of!(SlirpConfig, disable_dns),
+        ),
+        (
+            "SlirpConfig.disable_dhcp",
+            offset_of!(SlirpConfig, disable_dhcp),
+        ),
+        ("SlirpCb.send_packet", offset_of!(SlirpCb, send_packet)),
+        ("SlirpCb.guest_error", offset_of!(SlirpCb, guest_error)),
+        ("SlirpCb.clock_get_ns", offset_of!(SlirpCb, clock_get_ns)),
+        ("SlirpCb.timer_new", offset_of!(SlirpCb, timer_new)),
+        ("SlirpCb.timer_free", offset_of!(SlirpCb, timer_free)),
+        ("SlirpCb.timer_mod", offset_of!(SlirpCb, timer_mod)),
+        (
+            "SlirpCb.register_poll_fd",
+            offset_of!(SlirpCb, register_poll_fd),
+        ),
+        (
+            "SlirpCb.unregister_poll_fd",
+            offset_of!(SlirpCb, unregister_poll_fd),
+        ),
+        ("SlirpCb.notify", offset_of!(SlirpCb, notify)),
+        (
+            "SlirpCb.init_completed",
+            offset_of!(SlirpCb, init_completed),
+        ),
+        (
+            "SlirpCb.timer_new_opaque",
+            offset_of!(SlirpCb, timer_new_opaque),
+        ),
+    ];
+    assert!(
+        Path::new(HEADER).exists(),
+        "{HEADER} missing: apt-get install libslirp-dev (scripts/setup.sh does)"
+    );
+    let dir = scratch("layout");
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <slirp/libslirp.h>\nint main(void) {\n",
+    );
+    for (name, _) in &ours {
+        let (ty, field) = name.split_once('.').expect("Type.field");
+        c.push_str(&format!(
+            "    printf(\"{name} %zu\\n\", offsetof({ty}, {field}));\n"
+        ));
+    }
+    c.push_str("    return 0;\n}\n");
+    std::fs::write(dir.join("layout.c"), c).expect("write layout.c");
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(dir.join("layout"))
+        .arg(dir.join("layout.c"))
+        .output()
+        .expect("run cc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let out = Command::new(dir.join("layout"))
+        .output()
+        .expect("run layout");
+    let theirs: Vec<(String, usize)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (n, o) = l.split_once(' ')?;
+            Some((n.to_owned(), o.parse().ok()?))
+        })
+        .collect();
+    let ours: Vec<(String, usize)> = ours.into_iter().map(|(n, o)| (n.to_owned(), o)).collect();
+    assert_eq!(ours, theirs);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A new instance of `version` on `e`, or null.
+fn new_slirp(e: &Embedder, version: u32) -> *mut Slirp {
+    let cfg = default_config(version);
+    let cb = Embedder::callbacks();
+    // SAFETY: full structures, and `e` outlives the instance.
+    unsafe { slirp_new(&cfg, &cb, e.opaque()) }
+}
+
+fn arp_request() -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: Ipv4Address::new(10, 0, 2, 15),
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: Ipv4Address::new(10, 0, 2, 2),
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+/// Every config version builds; the gateway answers ARP through
+/// `send_packet` with libslirp's MAC; timers go through the embedder.
+#[test]
+fn every_version_answers_arp() {
+    for version in 1..=6 {
+        let e = Embedder::default();
+        e.now_ns.set(1_000_000_000);
+        let s = new_slirp(&e, version);
+        assert!(!s.is_null(), "version {version}: {:?}", e.errors.borrow());
+        assert_eq!(e.completed.get(), if version >= 4 { s as usize } else { 0 });
+        let timers = e.timers.borrow().clone();
+        assert_eq!(timers.len(), 1, "one timer");
+        // Before version 4, the legacy `timer_new` (its callback set).
+        assert_eq!(timers[0].legacy.is_some(), version < 4);
+        let frame = arp_request();
+        // SAFETY: a live instance and a frame of that length.
+        unsafe { slirp_input(s, frame.as_ptr(), frame.len() as c_int) };
+        let frames = e.frames.borrow().clone();
+        let reply = frames
+            .iter()
+            .find_map(|f| {
+                let eth = EthernetFrame::new_checked(&f[..]).ok()?;
+                ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()
+            })
+            .expect("an ARP reply");
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            ..
+        } = reply
+        else {
+            panic!("not IPv4 ARP");
+        };
+        assert_eq!(operation, ArpOperation::Reply);
+        assert_eq!(source_protocol_addr, Ipv4Address::new(10, 0, 2, 2));
+        assert_eq!(source_hardware_addr.0, [0x52, 0x55, 10, 0, 2, 2]);
+        // Time passes through the embedder's timer without trouble.
+        e.advance(s, 5_000);
+        // SAFETY: the live instance, not used again.
+        unsafe { slirp_cleanup(s) };
+    }
+}
+
+#[test]
+fn bad_configurations_fail_cleanly() {
+    for (version, restricted, want) in [
+        (0, 0, "version 0"),
+        (7, 0, "version 7"),
+        (4, 1, "restricted"),
+    ] {
+        let e = Embedder::default();
+        let mut cfg = default_config(version);
+        cfg.restricted = restricted;
+        let cb = Embedder::callbacks();
+        // SAFETY: full structures, `e` outlives the call.
+        let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
+        assert!(s.is_null());
+        let errors = e.errors.borrow();
+        assert!(
+            errors.iter().any(|m| m.contains(want)),
+            "{want}: {errors:?}"
+        );
+    }
+    // No clock: refused, not crashed.
+    let e = Embedder::default();
+    let cfg = default_config(4);
+    let mut cb = Embedder::callbacks();
+    cb.clock_get_ns = None;
+    // SAFETY: as above.
+    assert!(unsafe { slirp_new(&cfg, &cb, e.opaque()) }.is_null());
+    assert!(e.errors.borrow().iter().any(|m| m.contains("clock_get_ns")));
+    // Null everything.
+    // SAFETY: null pointers are checked before use.
+    unsafe {
+        assert!(slirp_new(std::ptr::null(), &cb, std::ptr::null_mut()).is_null());
+        slirp_input(std::ptr::null_mut(), std::ptr::null(), 10);
+        slirp_cleanup(std::ptr::null_mut());
+        assert!(slirp_connection_info(std::ptr::null_mut()).is_null());
+    }
+}
+
+unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> c_int {
+    // SAFETY: the test passes a Vec<(c_int, c_int)> as `opaque`.
+    let fds = unsafe { &mut *opaque.cast::<Vec<(c_int, c_int)>>() };
+    fds.push((fd, events));
+    c_int::try_from(fds.len() - 1).unwrap_or(-1)
+}
+
+unsafe extern "C" fn revents_in(_idx: c_int, _opaque: *mut c_void) -> c_int {
+    SLIRP_POLL_IN
+}
+
+/// The embedder polls one descriptor (ours) for input, whatever happens.
+#[test]
+fn pollfds_fill_and_poll() {
+    let e = Embedder::default();
+    let s = new_slirp(&e, 4);
+    assert!(!s.is_null());
+    let mut fds: Vec<(c_int, c_int)> = Vec::new();
+    let mut timeout = u32::MAX;
+    // SAFETY: a live instance, a writable timeout, a matching callback.
+    unsafe {
+        slirp_pollfds_fill(s, &mut timeout, Some(add_poll), (&raw mut fds).cast());
+        slirp_pollfds_poll(s, 0, Some(revents_in), std::ptr::null_mut());
+        slirp_pollfds_fill_socket(s, &mut timeout, Some(add_poll), (&raw mut fds).cast());
+        slirp_pollfds_poll(s, 1, Some(revents_in), std::ptr::null_mut());
+    }
+    assert_eq!(fds.len(), 2);
+    assert_eq!(fds[0], fds[1]);
+    assert_eq!(fds[0].1, SLIRP_POLL_IN);
+    // An epoll descriptor of this process.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fds[0].0)).expect("fd");
+    assert_eq!(link.to_string_lossy(), "anon_inode:[eventpoll]");
+    // SAFETY: the live instance, not used again.
+    unsafe { slirp_cleanup(s) };
+}
+
+/// Text from `malloc`, and the features not in the core yet failing
+/// cleanly.
+#[test]
+fn info_state_and_unsupported_features() {
+    let e = Embedder::default();
+    let s = new_slirp(&e, 4);
+    assert!(!s.is_null());
+    // SAFETY: a live instance; the strings are freed with free(3) as
+    // libslirp's callers do.
+    unsafe {
+        let frame = arp_request();
+        slirp_input(s, frame.as_ptr(), frame.len() as c_int);
+        let info = slirp_connection_info(s);
+        assert!(!info.is_null());
+        let text = CStr::from_ptr(info).to_string_lossy().into_owned();
+        libc::free(info.cast());
+        assert!(
+            text.starts_with("  Protocol[State]    FD  Source Address"),
+            "{text}"
+        );
+        let n = slirp_neighbor_info(s);
+        let text = CStr::from_ptr(n).to_string_lossy().into_owned();
+        libc::free(n.cast());
+        assert!(text.contains("52:54:00:12:34:56  10.0.2.15"), "{text}");
+
+        assert_eq!(slirp_state_version(), 4);
+        assert!(slirp_state_load(s, 4, None, std::ptr::null_mut()) < 0);
+        assert_eq!(slirp_state_save(s, None, std::ptr::null_mut()), -1);
+        let mut addr = libc::in_addr { s_addr: 0 };
+        assert_eq!(slirp_add_exec(s, c"cat".as_ptr(), &mut addr, 4321), -1);
+        assert_eq!(slirp_add_unix(s, c"/x".as_ptr(), &mut addr, 4321), -1);
+        assert_eq!(
+            slirp_add_guestfwd(s, None, std::ptr::null_mut(), &mut addr, 1),
+            -1
+        );
+        assert_eq!(slirp_remove_guestfwd(s, addr, 1), -1);
+        assert_eq!(slirp_socket_can_recv(s, addr, 1), 0);
+        let v = CStr::from_ptr(slirp_version_string()).to_string_lossy();
+        assert!(v.starts_with("4.9"), "{v}");
+        slirp_cleanup(s);
+    }
+    let errors = e.errors.borrow();
+    assert!(
+        errors.iter().any(|m| m.contains("not supported yet")),
+        "{errors:?}"
+    );
+}
+
+/// The deprecated constructor builds the same stack.
+#[test]
+fn slirp_init_works() {
+    let e = Embedder::default();
+    let c = default_config(1);
+    let cb = Embedder::callbacks();
+    // SAFETY: the fields of a full configuration, and `e` outlives it.
+    let s = unsafe {
+        slirp_init(
+            c.restricted,
+            c.in_enabled,
+            c.vnetwork,
+            c.vnetmask,
+            c.vhost,
+            c.in6_enabled,
+            c.vprefix_addr6,
+            c.vprefix_len,
+            c.vhost6,
+            c.vhostname,
+            c.tftp_server_name,
+            c.tftp_path,
+            c.bootfile,
+            c.vdhcp_start,
+            c.vnameserver,
+            c.vnameserver6,
+            c.vdnssearch,
+            c.vdomainname,
+            &cb,
+            e.opaque(),
+        )
+    };
+    assert!(!s.is_null(), "{:?}", e.errors.borrow());
+    let frame = arp_request();
+    // SAFETY: the live instance, then cleaned up.
+    unsafe {
+        slirp_input(s, frame.as_ptr(), frame.len() as c_int);
+        slirp_cleanup(s);
+    }
+    assert!(!e.frames.borrow().is_empty());
+}
