@@ -40,7 +40,12 @@ thread_local! {
 
 /// Runs `f` on the instance `slirp` points to, or returns `fallback` (see
 /// the module comment).
-fn enter<R>(slirp: *mut Slirp, name: &str, fallback: R, f: impl FnOnce(&mut Slirp) -> R) -> R {
+pub(crate) fn enter<R>(
+    slirp: *mut Slirp,
+    name: &str,
+    fallback: R,
+    f: impl FnOnce(&mut Slirp) -> R,
+) -> R {
     let key = slirp as usize;
     if slirp.is_null() || ACTIVE.with(|a| a.borrow().contains(&key)) {
         return fallback;
@@ -207,13 +212,17 @@ pub unsafe extern "C" fn slirp_cleanup(slirp: *mut Slirp) {
     if slirp.is_null() || ACTIVE.with(|a| a.borrow().contains(&key)) {
         return;
     }
-    enter(slirp, "slirp_cleanup", (), Slirp::detach);
     // SAFETY: from `Box::into_raw` in `slirp_new`, not in use (checked
     // above), and never used again (the caller's contract).
-    let boxed = unsafe { Box::from_raw(slirp) };
-    if catch_unwind(AssertUnwindSafe(move || drop(boxed))).is_err() {
-        // Nothing to report to: the callbacks went with the instance.
-    }
+    let mut boxed = unsafe { Box::from_raw(slirp) };
+    // Even a poisoned instance frees the embedder's timer: a timer left
+    // armed would call back with a dangling pointer.
+    // A panic here has nowhere to be reported: the callbacks go with the
+    // instance.
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        boxed.detach();
+        drop(boxed);
+    }));
 }
 
 /// One Ethernet frame from the guest.

@@ -9,8 +9,6 @@
 //! made with `timer_new_opaque` are recorded as `(id, cb_opaque)` with their
 //! expiry; [`Embedder::fire_due`] calls `slirp_handle_timer` for those due
 //! at the virtual clock's time, as QEMU's main loop would.
-#![allow(clippy::missing_safety_doc)]
-
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int, c_void};
 
@@ -28,6 +26,8 @@ pub struct FakeTimer {
     pub legacy: SlirpTimerCb,
     /// When it is armed for (milliseconds), if armed.
     pub expire_ms: Option<i64>,
+    /// `timer_free` was called.
+    pub freed: bool,
 }
 
 /// What the library did to its embedder.
@@ -84,6 +84,7 @@ unsafe extern "C" fn timer_new_opaque(
         cb_opaque,
         legacy: None,
         expire_ms: None,
+        freed: false,
     });
     // A handle is the index + 1, never dereferenced.
     std::ptr::without_provenance_mut(timers.len())
@@ -100,6 +101,7 @@ unsafe extern "C" fn timer_new(
         cb_opaque,
         legacy: cb,
         expire_ms: None,
+        freed: false,
     });
     std::ptr::without_provenance_mut(timers.len())
 }
@@ -113,6 +115,7 @@ unsafe extern "C" fn timer_free(timer: *mut c_void, opaque: *mut c_void) {
         && let Some(t) = embedder(opaque).timers.borrow_mut().get_mut(i)
     {
         t.expire_ms = None;
+        t.freed = true;
     }
 }
 
@@ -159,7 +162,10 @@ impl Embedder {
     }
 
     /// Moves the clock on by `ms` and fires the timers then due.
-    pub fn advance(&self, slirp: *mut Slirp, ms: i64) {
+    ///
+    /// # Safety
+    /// `slirp` is a live instance made with this embedder's callbacks.
+    pub unsafe fn advance(&self, slirp: *mut Slirp, ms: i64) {
         self.now_ns.set(self.now_ns.get() + ms * 1_000_000);
         let now_ms = self.now_ns.get() / 1_000_000;
         let due: Vec<FakeTimer> = self
@@ -176,7 +182,7 @@ impl Embedder {
             match t.legacy {
                 // SAFETY: the library's own callback and argument.
                 Some(cb) => unsafe { cb(t.cb_opaque) },
-                // SAFETY: `slirp` is the caller's live instance.
+                // SAFETY: `slirp` is live (the caller's contract).
                 None => unsafe { crate::api::slirp_handle_timer(slirp, t.id, t.cb_opaque) },
             }
         }
@@ -224,4 +230,11 @@ pub fn default_config(version: u32) -> SlirpConfig {
     cfg.if_mtu = 1500;
     cfg.if_mru = 1500;
     cfg
+}
+
+/// Panics inside an entry point of `slirp` (named `"test"`), as a bug in
+/// the stack would: the panic must be caught, reported and poison the
+/// instance.
+pub fn panic_inside(slirp: *mut Slirp) {
+    crate::api::enter(slirp, "test", (), |_| panic!("a bug inside the stack"));
 }

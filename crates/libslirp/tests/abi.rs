@@ -319,9 +319,11 @@ fn every_version_answers_arp() {
         assert_eq!(source_protocol_addr, Ipv4Address::new(10, 0, 2, 2));
         assert_eq!(source_hardware_addr.0, [0x52, 0x55, 10, 0, 2, 2]);
         // Time passes through the embedder's timer without trouble.
-        e.advance(s, 5_000);
+        // SAFETY: the live instance made with `e`.
+        unsafe { e.advance(s, 5_000) };
         // SAFETY: the live instance, not used again.
         unsafe { slirp_cleanup(s) };
+        assert!(e.timers.borrow()[0].freed, "timer not freed");
     }
 }
 
@@ -486,4 +488,35 @@ fn slirp_init_works() {
         slirp_cleanup(s);
     }
     assert!(!e.frames.borrow().is_empty());
+}
+
+/// A panic inside is caught at the boundary, reported through
+/// `guest_error`, and the instance does nothing more (but still cleans up).
+#[test]
+fn a_panic_poisons_the_instance() {
+    let e = Embedder::default();
+    let s = new_slirp(&e, 4);
+    assert!(!s.is_null());
+    usernet_libslirp::testing::panic_inside(s);
+    assert!(
+        e.errors
+            .borrow()
+            .iter()
+            .any(|m| m.contains("internal error in test")),
+        "{:?}",
+        e.errors.borrow()
+    );
+    let frame = arp_request();
+    // SAFETY: the live (poisoned) instance, then cleaned up.
+    unsafe {
+        slirp_input(s, frame.as_ptr(), frame.len() as c_int);
+        assert!(slirp_connection_info(s).is_null());
+        slirp_cleanup(s);
+    }
+    assert!(e.frames.borrow().is_empty(), "a poisoned instance answered");
+    let timers = e.timers.borrow();
+    assert!(
+        !timers.is_empty() && timers.iter().all(|t| t.freed),
+        "timer not freed"
+    );
 }

@@ -16,8 +16,15 @@
 //!   live connection) and `hostfwd_remove`.
 //! - `slirp4netns_configure`: Debian's `slirp4netns --configure` serves a
 //!   namespace: TCP to the host, DNS, and its API's `add_hostfwd`.
+//! - `corpus_through_slirp_input`: every frame of libslirp's fuzzing corpus
+//!   goes through `slirp_input` of the library (linked in, with the
+//!   embedder faked in Rust); its host sockets are real, hence this file and
+//!   the isolated namespace (nothing they reach exists), and DNS is off so
+//!   nothing is forwarded to resolv.conf's nameservers.
+#![allow(unsafe_code)] // The corpus test calls the C ABI directly.
 mod common;
 
+use std::ffi::{c_int, c_void};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -30,6 +37,12 @@ use std::time::{Duration, Instant};
 use common::bulk::{BULK, RETRY, fetch_with_retry, field, guest_sha, join, prng_bytes, sha256};
 use common::bulk::{free_port, send_with_retry};
 use common::ns::{HttpServer, Port53Relay, Proc, api, in_ns, namespace, wait_for_tap};
+use usernet_core::testing::{capture_files, capture_frames};
+use usernet_libslirp::testing::{Embedder, default_config};
+use usernet_libslirp::{
+    slirp_cleanup, slirp_input, slirp_new, slirp_pollfds_fill, slirp_pollfds_poll,
+};
+
 use common::{
     DHCP, Guest, Nic, SCENARIO_OK, TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, lease,
 };
@@ -355,4 +368,77 @@ fn slirp4netns_configure() {
     let (_, served) = join(server, "namespace server");
     drop(s4);
     eprintln!("namespace server: {served}");
+}
+
+unsafe extern "C" fn add_poll(fd: c_int, _events: c_int, opaque: *mut c_void) -> c_int {
+    // SAFETY: `opaque` is the test's `Vec<c_int>`, alive for the call.
+    let fds = unsafe { &mut *opaque.cast::<Vec<c_int>>() };
+    fds.push(fd);
+    c_int::try_from(fds.len() - 1).unwrap_or(-1)
+}
+
+unsafe extern "C" fn always_ready(_idx: c_int, _opaque: *mut c_void) -> c_int {
+    usernet_libslirp::config::SLIRP_POLL_IN
+}
+
+#[test]
+fn corpus_through_slirp_input() {
+    assert_isolated_netns();
+    let mut paths = Vec::new();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../corpus/libslirp-fuzzing");
+    capture_files(&corpus, &["pcap", "pkt"], &mut paths);
+    assert!(paths.len() >= 19, "corpus missing: {paths:?}");
+    let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    let stack_mac = [0x52, 0x55, 10, 0, 2, 2];
+    let (mut frames_in, mut frames_out) = (0, 0);
+    for path in &paths {
+        let e = Embedder::default();
+        let mut cfg = default_config(4);
+        cfg.disable_dns = true;
+        let cb = Embedder::callbacks();
+        // SAFETY: full structures; `e` outlives the instance.
+        let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
+        assert!(!s.is_null(), "{:?}", e.errors.borrow());
+        for frame in capture_frames(path, guest_mac, stack_mac) {
+            let mut fds: Vec<c_int> = Vec::new();
+            let mut timeout = u32::MAX;
+            // SAFETY: a live instance, a frame of that length, callbacks
+            // matching their arguments.
+            unsafe {
+                slirp_input(
+                    s,
+                    frame.as_ptr(),
+                    c_int::try_from(frame.len()).expect("len"),
+                );
+                slirp_pollfds_fill(s, &mut timeout, Some(add_poll), (&raw mut fds).cast());
+                slirp_pollfds_poll(s, 0, Some(always_ready), std::ptr::null_mut());
+            }
+            // SAFETY: the live instance made with `e`.
+            unsafe { e.advance(s, 10) };
+            frames_in += 1;
+        }
+        // Let every timer run out.
+        for _ in 0..10 {
+            // SAFETY: as above.
+            unsafe { e.advance(s, 60_000) };
+        }
+        // SAFETY: the live instance, not used again.
+        unsafe { slirp_cleanup(s) };
+        for f in e.frames.borrow().iter() {
+            assert!(
+                f.len() >= 14,
+                "{}: a runt frame to the guest",
+                path.display()
+            );
+        }
+        frames_out += e.frames.borrow().len();
+        let errors = e.errors.borrow();
+        assert!(
+            !errors.iter().any(|m| m.contains("internal error")),
+            "{}: {errors:?}",
+            path.display()
+        );
+    }
+    eprintln!("{frames_in} corpus frames in, {frames_out} frames out");
+    assert!(frames_out > 0);
 }
