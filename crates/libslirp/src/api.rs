@@ -16,6 +16,7 @@
 //! and fail cleanly.
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -91,7 +92,11 @@ unsafe fn new_instance(
     let version = unsafe { (&raw const (*cfg).version).read_unaligned() };
     // SAFETY: the callbacks are at least as long as `version` says.
     let cb = unsafe { config::read_callbacks(callbacks, version) };
+    // Also on stderr, as libslirp's g_critical: embedders such as QEMU 7.2
+    // do not check for NULL and would otherwise run without a network and
+    // without a word.
     let report = |msg: &str| {
+        let _ = writeln!(std::io::stderr(), "{msg}");
         if let Some(f) = cb.guest_error {
             let msg = std::ffi::CString::new(msg.replace('\0', " ")).unwrap_or_default();
             // SAFETY: the embedder's callback with a live C string.

@@ -74,6 +74,9 @@ pub enum NewError {
     /// The epoll instance could not be created.
     #[error("epoll")]
     Epoll(#[source] std::io::Error),
+    /// The stack could not open its own sockets.
+    #[error(transparent)]
+    Start(#[from] usernet_core::stack::StartError),
 }
 
 /// `slirp_add_hostfwd` / `slirp_add_hostxfwd` failed.
@@ -95,15 +98,17 @@ impl Slirp {
         let now = clock.instant(cb.clock_ns());
         let (epoll, poller) = EpollSet::new().map_err(NewError::Epoll)?;
         let (v4, v6) = settings.outbound;
-        let sockets = Sockets::new(poller).with_outbound(v4, v6);
+        let mut sockets = Sockets::new(poller).with_outbound(v4, v6);
         for field in &settings.ignored {
             cb.guest_error(&format!(
                 "usernet: SlirpConfig.{field} is not supported yet and is ignored"
             ));
         }
         let out = vec![0; settings.core.max_frame()];
+        let mut stack = Stack::new(settings.core, now);
+        stack.start(&mut sockets)?;
         Ok(Slirp {
-            stack: Stack::new(settings.core, now),
+            stack,
             sockets,
             epoll,
             clock,
