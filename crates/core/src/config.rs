@@ -278,10 +278,12 @@ impl FromStr for Cidr {
             .parse()
             .map_err(|_| format!("'{addr}' is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix.map(str::parse::<u8>) {
+        let prefix = match prefix {
             None => max,
-            Some(Ok(p)) if p <= max => p,
-            Some(_) => return Err(format!("'{s}' has a bad prefix length (expected 0-{max})")),
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("bad prefix length '{p}' (0-{max})")),
+            },
         };
         Ok(Cidr { addr, prefix })
     }
@@ -316,7 +318,7 @@ impl EgressRule {
     /// `0.0.0.0/0:1000-2000`, `fec0::/64`, `[fec0::2]:80`. An IPv6 block
     /// takes a port only inside brackets, since its colons are ambiguous.
     pub fn parse(allow: bool, s: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("'{s}': {why} (expected {})", Self::SYNTAX);
+        let bad = |why: String| format!("{why}; expected {}", Self::SYNTAX);
         let (dst, ports) = if let Some(rest) = s.strip_prefix('[') {
             let (dst, after) = rest
                 .split_once(']')
@@ -337,7 +339,7 @@ impl EgressRule {
         let dst: Cidr = dst.parse().map_err(bad)?;
         let port = |p: &str| match p.parse::<u16>() {
             Ok(n) if n != 0 => Ok(n),
-            _ => Err(bad(format!("'{p}' is not a port (expected 1-65535)"))),
+            _ => Err(bad(format!("'{p}' is not a port (1-65535)"))),
         };
         let ports = match ports {
             None => None,
@@ -732,7 +734,7 @@ mod tests {
             "host.test:80",
         ] {
             let err = rule(bad).expect_err(bad);
-            assert!(err.contains("expected CIDR"), "{bad}: {err}");
+            assert!(err.contains("; expected CIDR[:PORT"), "{bad}: {err}");
         }
     }
 
