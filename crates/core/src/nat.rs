@@ -9,6 +9,7 @@
 //! | DNS address (`--dns`, `--ipv6-dns`), port 53 | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
 //! | gateway/DNS, ICMP echo   | answered by the stack itself              |
 //! | other address in `--net`/`--ipv6-net` | refused (nobody is there) |
+//! | loopback (127.0.0.0/8, `::1`) or IPv4-mapped IPv6 | refused: the host's loopback is reached only as the gateway, so `--disable-host-loopback` and the egress rules cannot be sidestepped |
 //! | broadcast, multicast, other link-local | dropped                   |
 //! | anything else            | the same address, through a host socket   |
 //!
@@ -89,6 +90,9 @@ fn route(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
     if ip.is_broadcast() || ip.is_multicast() || ip == cfg.net.broadcast() || ip.is_unspecified() {
         return Verdict::Drop;
     }
+    if ip.is_loopback() {
+        return Verdict::Refuse;
+    }
     if ip == cfg.host {
         return match proto {
             Proto::Icmp => Verdict::Local,
@@ -131,7 +135,7 @@ fn outbound6(cfg: &Config, proto: Proto, ip: Ipv6Addr, port: u16) -> Verdict {
     if ip.is_multicast() || ip.is_unspecified() || ip.is_unicast_link_local() {
         return Verdict::Drop;
     }
-    if cfg.ipv6_net.contains(ip) {
+    if cfg.ipv6_net.contains(ip) || ip.is_loopback() || ip.to_ipv4_mapped().is_some() {
         return Verdict::Refuse;
     }
     Verdict::Host(SocketAddr::new(ip.into(), port))
@@ -209,6 +213,12 @@ mod tests {
             (&cfg, Proto::Udp, "10.0.2.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "255.255.255.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "224.0.0.251:5353", Verdict::Drop),
+            (&cfg, Proto::Tcp, "127.0.0.1:22", Verdict::Refuse),
+            (&cfg, Proto::Udp, "127.1.2.3:53", Verdict::Refuse),
+            (&cfg, Proto::Icmp, "127.0.0.1:0", Verdict::Refuse),
+            (&cfg, Proto::Tcp, "[::1]:22", Verdict::Refuse),
+            (&cfg, Proto::Tcp, "[::ffff:127.0.0.1]:22", Verdict::Refuse),
+            (&cfg, Proto::Udp, "[::ffff:192.0.2.1]:53", Verdict::Refuse),
             (
                 &cfg,
                 Proto::Tcp,
