@@ -711,21 +711,22 @@ impl Stack {
                         }
                     }
                     verdict @ (Verdict::Refuse | Verdict::Prohibit) => {
-                        let ours = [
-                            self.cfg.dns.into(),
-                            self.cfg.host.into(),
-                            self.cfg.ipv6_dns.into(),
-                            self.cfg.ipv6_host.into(),
-                        ];
                         let code = if verdict == Verdict::Prohibit {
                             self.egress_refused(Proto::Udp, remote);
                             Unreachable::Prohibited
-                        } else if ours.contains(&remote.ip()) {
-                            self.counters.policy_refused += 1;
-                            Unreachable::Port
                         } else {
                             self.counters.policy_refused += 1;
-                            Unreachable::Host
+                            let ours = [
+                                self.cfg.dns.into(),
+                                self.cfg.host.into(),
+                                self.cfg.ipv6_dns.into(),
+                                self.cfg.ipv6_host.into(),
+                            ];
+                            if ours.contains(&remote.ip()) {
+                                Unreachable::Port
+                            } else {
+                                Unreachable::Host
+                            }
                         };
                         let mut l4 = [0u8; 8];
                         l4[..2].copy_from_slice(&guest.port().to_be_bytes());
