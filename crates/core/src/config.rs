@@ -3,10 +3,13 @@
 //!
 //! Every field mirrors a QEMU `-nic user` option (`net=`, `host=`, `dns=`,
 //! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`) or a
-//! slirp4netns flag (`--mtu`, `--disable-host-loopback`). [`Config::validate`]
+//! slirp4netns flag (`--mtu`, `--disable-host-loopback`), and `restrict=`
+//! grows usernet's own egress rules (`--allow`/`--deny`, [`EgressRule`]).
+//! [`Config::validate`]
 //! turns an inconsistent configuration into a [`ConfigError`] that names the
 //! offending flag, so the binary can print it as one line.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -233,6 +236,158 @@ pub fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("'{s}' is not ADDR[:PORT]"))
 }
 
+/// An address block of either family: `10.0.2.0/24`, `fec0::/64`, or a
+/// bare address, which is a block of one (`/32`, `/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address as written (host bits may be set; they are ignored).
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this block; never for the other family.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{addr}' is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("bad prefix length '{p}' (0-{max})")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An egress rule (`--allow` or `--deny`): which guest destinations it
+/// matches and what it does with them. Rules match the destination as the
+/// guest addressed it (`10.0.2.2:80`, not the host's `127.0.0.1:80` it
+/// maps to); see [`crate::nat`] for where they apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Let matching flows out (`--allow`) or refuse them (`--deny`).
+    pub allow: bool,
+    /// Destination addresses.
+    pub dst: Cidr,
+    /// Destination ports (TCP and UDP); `None` matches every port and ICMP
+    /// echo too, a rule with ports never matches ICMP.
+    pub ports: Option<RangeInclusive<u16>>,
+}
+
+impl EgressRule {
+    /// The syntax, for error messages and help.
+    pub const SYNTAX: &str = "CIDR[:PORT[-PORT]], IPv6 with a port as [CIDR]:PORT";
+
+    /// Parses `CIDR[:PORT[-PORT]]`: `10.0.2.2`, `10.0.2.0/24:80`,
+    /// `0.0.0.0/0:1000-2000`, `fec0::/64`, `[fec0::2]:80`. An IPv6 block
+    /// takes a port only inside brackets, since its colons are ambiguous.
+    pub fn parse(allow: bool, s: &str) -> Result<Self, String> {
+        let bad = |why: String| format!("{why}; expected {}", Self::SYNTAX);
+        let (dst, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (dst, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']'".into()))?;
+            match after {
+                "" => (dst, None),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (dst, Some(p)),
+                    None => return Err(bad(format!("'{after}' after ']'"))),
+                },
+            }
+        } else {
+            match s.split(':').count() {
+                2 => s.split_once(':').map_or((s, None), |(d, p)| (d, Some(p))),
+                _ => (s, None),
+            }
+        };
+        let dst: Cidr = dst.parse().map_err(bad)?;
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(n) if n != 0 => Ok(n),
+            _ => Err(bad(format!("'{p}' is not a port (1-65535)"))),
+        };
+        let ports = match ports {
+            None => None,
+            Some(p) => {
+                let (first, last) = p.split_once('-').unwrap_or((p, p));
+                let (first, last) = (port(first)?, port(last)?);
+                if first > last {
+                    return Err(bad(format!("empty port range '{p}'")));
+                }
+                Some(first..=last)
+            }
+        };
+        Ok(EgressRule { allow, dst, ports })
+    }
+
+    /// Whether a flow to `ip` (and `port`, for TCP and UDP; `None` for
+    /// ICMP echo) matches.
+    pub fn matches(&self, ip: IpAddr, port: Option<u16>) -> bool {
+        self.dst.contains(ip)
+            && match (&self.ports, port) {
+                (None, _) => true,
+                (Some(range), Some(port)) => range.contains(&port),
+                (Some(_), None) => false,
+            }
+    }
+}
+
+impl std::fmt::Display for EgressRule {
+    /// The rule as a flag: `--allow 10.0.2.2/32:80`, `--deny [::/0]:53`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flag = if self.allow { "--allow" } else { "--deny" };
+        match (&self.ports, self.dst.addr) {
+            (None, _) => write!(f, "{flag} {}", self.dst),
+            (Some(r), addr) => {
+                let ports = if r.start() == r.end() {
+                    r.start().to_string()
+                } else {
+                    format!("{}-{}", r.start(), r.end())
+                };
+                match addr {
+                    IpAddr::V4(_) => write!(f, "{flag} {}:{ports}", self.dst),
+                    IpAddr::V6(_) => write!(f, "{flag} [{}]:{ports}", self.dst),
+                }
+            }
+        }
+    }
+}
+
 /// Everything the stack needs to know, with QEMU's defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -273,6 +428,13 @@ pub struct Config {
     pub dns_upstreams: Vec<SocketAddr>,
     /// Names answered locally.
     pub dns_hosts: Vec<DnsHost>,
+    /// Refuse every guest flow that would leave through a host socket
+    /// (gateway to loopback included) unless an `egress` rule allows it
+    /// (QEMU's `restrict=on`). The stack's own services stay reachable.
+    pub restrict: bool,
+    /// `--allow`/`--deny` rules in command-line order: the first that
+    /// matches a new outbound flow decides; with none, `restrict` does.
+    pub egress: Vec<EgressRule>,
     /// Port forwards from the host to the guest.
     pub hostfwd: Vec<HostFwd>,
     /// The most flows (TCP, UDP, ICMP) open at once.
@@ -310,6 +472,8 @@ impl Default for Config {
             disable_dns: false,
             dns_upstreams: Vec::new(),
             dns_hosts: Vec::new(),
+            restrict: false,
+            egress: Vec::new(),
             hostfwd: Vec::new(),
             max_flows: 4096,
             seed: 0x7573_6572_6e65_7421,
@@ -536,6 +700,60 @@ mod tests {
         assert!("sctp::1-:2".parse::<HostFwd>().is_err());
         assert!("tcp::1-:0".parse::<HostFwd>().is_err());
         assert!("tcp::99999-:2".parse::<HostFwd>().is_err());
+    }
+
+    #[test]
+    fn egress_rule_parsing() {
+        let rule = |s: &str| EgressRule::parse(true, s);
+        let r = rule("10.0.2.2:8080").expect("valid");
+        assert_eq!(r.dst, "10.0.2.2/32".parse().expect("cidr"));
+        assert_eq!(r.ports, Some(8080..=8080));
+        assert_eq!(r.to_string(), "--allow 10.0.2.2/32:8080");
+        let r = rule("10.0.0.0/8").expect("valid");
+        assert_eq!((r.dst.prefix, &r.ports), (8, &None));
+        let r = EgressRule::parse(false, "0.0.0.0/0:1000-2000").expect("valid");
+        assert_eq!(r.ports, Some(1000..=2000));
+        assert_eq!(r.to_string(), "--deny 0.0.0.0/0:1000-2000");
+        let r = rule("fec0::/64").expect("valid");
+        assert_eq!((r.dst.prefix, &r.ports), (64, &None));
+        let r = rule("[fec0::2]:80").expect("valid");
+        assert_eq!((r.dst.prefix, &r.ports), (128, &Some(80..=80)));
+        assert_eq!(r.to_string(), "--allow [fec0::2/128]:80");
+        assert_eq!(rule("[::/0]").map(|r| r.dst.prefix), Ok(0));
+        for bad in [
+            "",
+            "10.0.2.2:",
+            "10.0.2.2:0",
+            "10.0.2.2:70000",
+            "10.0.2.2:90-80",
+            "10.0.2.2/33",
+            "10.0.2/24",
+            "fec0::/129",
+            "[fec0::2",
+            "[fec0::2]80",
+            "host.test:80",
+        ] {
+            let err = rule(bad).expect_err(bad);
+            assert!(err.contains("; expected CIDR[:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn egress_rule_matching() {
+        let r = EgressRule::parse(true, "10.0.2.0/24:80-81").expect("valid");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(r.matches(ip("10.0.2.2"), Some(80)));
+        assert!(r.matches(ip("10.0.2.254"), Some(81)));
+        assert!(!r.matches(ip("10.0.2.2"), Some(82)));
+        assert!(!r.matches(ip("10.0.3.2"), Some(80)));
+        assert!(!r.matches(ip("10.0.2.2"), None), "ports never match ICMP");
+        assert!(!r.matches(ip("::ffff:10.0.2.2"), Some(80)));
+        let any6 = EgressRule::parse(false, "::/0").expect("valid");
+        assert!(any6.matches(ip("fec0::2"), None));
+        assert!(any6.matches(ip("2001:db8::1"), Some(443)));
+        assert!(!any6.matches(ip("10.0.2.2"), Some(443)));
+        let all4 = EgressRule::parse(false, "0.0.0.0/0").expect("valid");
+        assert!(all4.matches(ip("255.255.255.255"), None));
     }
 
     #[test]

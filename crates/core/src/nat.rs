@@ -9,8 +9,21 @@
 //! | DNS address (`--dns`, `--ipv6-dns`), port 53 | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
 //! | gateway/DNS, ICMP echo   | answered by the stack itself              |
 //! | other address in `--net`/`--ipv6-net` | refused (nobody is there) |
+//! | loopback (127.0.0.0/8, `::1`) or IPv4-mapped IPv6 | refused: the host's loopback is reached only as the gateway, so `--disable-host-loopback` and the egress rules cannot be sidestepped |
 //! | broadcast, multicast, other link-local | dropped                   |
 //! | anything else            | the same address, through a host socket   |
+//!
+//! # Egress rules (`--restrict`, `--allow`, `--deny`)
+//! A flow the table sends through a host socket ([`Verdict::Host`]: the
+//! gateway's mapping to loopback and every outside address) is then checked
+//! against the egress rules, in command-line order; the first rule that
+//! matches the destination *as the guest addressed it* (`10.0.2.2:80`, not
+//! `127.0.0.1:80`) decides, and with none matching `--restrict` refuses and
+//! its absence allows. A refusal is [`Verdict::Prohibit`]: a TCP reset, or
+//! ICMP "administratively prohibited". The stack's own services (DHCP, NDP
+//! and router advertisements, DHCPv6, the DNS forwarder, echo replies from
+//! its own addresses) are not egress and never checked, and neither are
+//! port-forwarded connections, which the host opens.
 //!
 //! [`guest_visible_source`] is the inbound half: the address the guest sees
 //! a port-forwarded client connect from.
@@ -40,18 +53,45 @@ pub enum Verdict {
     Local,
     /// Refuse: RST for TCP, ICMP unreachable otherwise.
     Refuse,
+    /// Refused by the egress rules (`--restrict`, `--deny`): RST for TCP,
+    /// ICMP "administratively prohibited" otherwise.
+    Prohibit,
     /// Drop silently.
     Drop,
 }
 
 /// Decides where a new guest flow to `dst` goes.
 pub fn outbound(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
+    match route(cfg, proto, dst) {
+        Verdict::Host(_) if !egress_allowed(cfg, proto, dst) => Verdict::Prohibit,
+        verdict => verdict,
+    }
+}
+
+/// Whether the egress rules let a flow to `dst` (as the guest addressed
+/// it) leave: the first matching rule decides, else `--restrict` does.
+fn egress_allowed(cfg: &Config, proto: Proto, dst: SocketAddr) -> bool {
+    let port = match proto {
+        Proto::Tcp | Proto::Udp => Some(dst.port()),
+        Proto::Icmp => None,
+    };
+    cfg.egress
+        .iter()
+        .find(|rule| rule.matches(dst.ip(), port))
+        .map_or(!cfg.restrict, |rule| rule.allow)
+}
+
+/// The table without the egress rules.
+fn route(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
     let ip = match dst.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(ip) => return outbound6(cfg, proto, ip, dst.port()),
     };
     if ip.is_broadcast() || ip.is_multicast() || ip == cfg.net.broadcast() || ip.is_unspecified() {
         return Verdict::Drop;
+    }
+    if ip.is_loopback() {
+        return Verdict::Refuse;
     }
     if ip == cfg.host {
         return match proto {
@@ -73,7 +113,7 @@ pub fn outbound(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
     Verdict::Host(dst)
 }
 
-/// [`outbound`] for IPv6: the same table with `--ipv6-host` (mapped to the
+/// [`route`] for IPv6: the same table with `--ipv6-host` (mapped to the
 /// host's `::1`) and `--ipv6-dns`; link-local and multicast destinations
 /// other than the stack's own stay on the link.
 fn outbound6(cfg: &Config, proto: Proto, ip: Ipv6Addr, port: u16) -> Verdict {
@@ -95,7 +135,7 @@ fn outbound6(cfg: &Config, proto: Proto, ip: Ipv6Addr, port: u16) -> Verdict {
     if ip.is_multicast() || ip.is_unspecified() || ip.is_unicast_link_local() {
         return Verdict::Drop;
     }
-    if cfg.ipv6_net.contains(ip) {
+    if cfg.ipv6_net.contains(ip) || ip.is_loopback() || ip.to_ipv4_mapped().is_some() {
         return Verdict::Refuse;
     }
     Verdict::Host(SocketAddr::new(ip.into(), port))
@@ -130,6 +170,7 @@ pub fn guest_visible_source(cfg: &Config, client: SocketAddr, guest: IpAddr) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::EgressRule;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("test address")
@@ -172,6 +213,12 @@ mod tests {
             (&cfg, Proto::Udp, "10.0.2.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "255.255.255.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "224.0.0.251:5353", Verdict::Drop),
+            (&cfg, Proto::Tcp, "127.0.0.1:22", Verdict::Refuse),
+            (&cfg, Proto::Udp, "127.1.2.3:53", Verdict::Refuse),
+            (&cfg, Proto::Icmp, "127.0.0.1:0", Verdict::Refuse),
+            (&cfg, Proto::Tcp, "[::1]:22", Verdict::Refuse),
+            (&cfg, Proto::Tcp, "[::ffff:127.0.0.1]:22", Verdict::Refuse),
+            (&cfg, Proto::Udp, "[::ffff:192.0.2.1]:53", Verdict::Refuse),
             (
                 &cfg,
                 Proto::Tcp,
@@ -181,6 +228,92 @@ mod tests {
         ];
         for (cfg, proto, dst, want) in table {
             assert_eq!(outbound(cfg, *proto, sa(dst)), *want, "{proto:?} to {dst}");
+        }
+    }
+
+    /// A configuration with `restrict` and these `--allow`/`--deny`
+    /// rules (`+` allows, `-` denies), in order.
+    fn rules(restrict: bool, rules: &[&str]) -> Config {
+        let egress = rules
+            .iter()
+            .map(|r| {
+                let (allow, spec) = r.split_at(1);
+                EgressRule::parse(allow == "+", spec).expect("test rule")
+            })
+            .collect();
+        Config {
+            restrict,
+            egress,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn egress_rules_table() {
+        use Proto::{Icmp, Tcp, Udp};
+        use Verdict::{Dns, Drop, Host, Local, Prohibit, Refuse};
+        let restrict = rules(true, &[]);
+        let holes = rules(
+            true,
+            &["+10.0.2.2:8080", "+[fec0::2]:8080", "+192.0.2.0/24"],
+        );
+        let deny = rules(false, &["-10.0.2.2:22", "-::/0"]);
+        let allow_first = rules(false, &["+10.0.2.2:22", "-10.0.2.0/24"]);
+        let deny_first = rules(false, &["-10.0.2.0/24", "+10.0.2.2:22"]);
+        let no_lo = Config {
+            disable_host_loopback: true,
+            ..rules(true, &["+10.0.2.2:80"])
+        };
+        let table: &[(&Config, Proto, &str, Verdict)] = &[
+            // --restrict: nothing leaves; the stack's own services answer.
+            (&restrict, Tcp, "10.0.2.2:80", Prohibit),
+            (&restrict, Udp, "10.0.2.2:7", Prohibit),
+            (&restrict, Icmp, "10.0.2.2:0", Local),
+            (&restrict, Udp, "10.0.2.3:53", Dns),
+            (&restrict, Tcp, "10.0.2.3:53", Dns),
+            (&restrict, Icmp, "10.0.2.3:0", Local),
+            (&restrict, Tcp, "192.0.2.1:443", Prohibit),
+            (&restrict, Icmp, "192.0.2.1:0", Prohibit),
+            (&restrict, Tcp, "[fec0::2]:80", Prohibit),
+            (&restrict, Udp, "[fec0::3]:53", Dns),
+            (&restrict, Icmp, "[fec0::2]:0", Local),
+            (&restrict, Icmp, "[2001:db8::1]:0", Prohibit),
+            (&restrict, Udp, "[2001:db8::1]:53", Prohibit),
+            (&restrict, Tcp, "10.0.2.77:80", Refuse),
+            (&restrict, Udp, "10.0.2.255:9", Drop),
+            // --allow punches holes, matching what the guest addressed.
+            (&holes, Tcp, "10.0.2.2:8080", Host(sa("127.0.0.1:8080"))),
+            (&holes, Udp, "10.0.2.2:8080", Host(sa("127.0.0.1:8080"))),
+            (&holes, Tcp, "10.0.2.2:8081", Prohibit),
+            (&holes, Tcp, "[fec0::2]:8080", Host(sa("[::1]:8080"))),
+            (&holes, Tcp, "[fec0::2]:22", Prohibit),
+            (&holes, Icmp, "192.0.2.9:0", Host(sa("192.0.2.9:0"))),
+            (&holes, Tcp, "192.0.2.9:443", Host(sa("192.0.2.9:443"))),
+            (&holes, Icmp, "198.51.100.1:0", Prohibit),
+            // --deny without --restrict blocks only what it names.
+            (&deny, Tcp, "10.0.2.2:22", Prohibit),
+            (&deny, Udp, "10.0.2.2:22", Prohibit),
+            (&deny, Tcp, "10.0.2.2:80", Host(sa("127.0.0.1:80"))),
+            (&deny, Icmp, "192.0.2.1:0", Host(sa("192.0.2.1:0"))),
+            (&deny, Tcp, "[2001:db8::1]:443", Prohibit),
+            (&deny, Icmp, "[2001:db8::1]:0", Prohibit),
+            (&deny, Udp, "[fec0::3]:53", Dns),
+            (&deny, Icmp, "[fec0::2]:0", Local),
+            // The first matching rule wins.
+            (&allow_first, Tcp, "10.0.2.2:22", Host(sa("127.0.0.1:22"))),
+            (&allow_first, Tcp, "10.0.2.2:80", Prohibit),
+            (&deny_first, Tcp, "10.0.2.2:22", Prohibit),
+            // The table refuses before the rules are asked.
+            (&no_lo, Tcp, "10.0.2.2:80", Refuse),
+        ];
+        for (cfg, proto, dst, want) in table {
+            assert_eq!(
+                outbound(cfg, *proto, sa(dst)),
+                *want,
+                "{proto:?} to {dst} with restrict={} {:?}",
+                cfg.restrict,
+                cfg.egress
+            );
         }
     }
 

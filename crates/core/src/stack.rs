@@ -51,6 +51,9 @@ pub struct Counters {
     pub flows_refused: u64,
     /// Flows refused by policy (e.g. host loopback disabled).
     pub policy_refused: u64,
+    /// Flows refused by the egress rules (`--restrict`, `--allow`,
+    /// `--deny`), answered with a reset or "administratively prohibited".
+    pub egress_refused: u64,
     /// Frames dropped because the output queue was full.
     pub out_dropped: u64,
 }
@@ -178,6 +181,9 @@ enum Unreachable {
     Host,
     /// The address is ours but the port serves nothing.
     Port,
+    /// The egress rules refuse it ("communication administratively
+    /// prohibited").
+    Prohibited,
 }
 
 /// DHCP server and client ports.
@@ -616,6 +622,7 @@ impl Stack {
                 let reason = match why {
                     Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
                     Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+                    Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
                 };
                 let repr = Icmpv4Repr::DstUnreachable {
                     reason,
@@ -637,6 +644,7 @@ impl Stack {
                 let reason = match why {
                     Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
                     Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+                    Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
                 };
                 let repr = Icmpv6Repr::DstUnreachable {
                     reason,
@@ -702,18 +710,23 @@ impl Stack {
                             }
                         }
                     }
-                    Verdict::Refuse => {
-                        self.counters.policy_refused += 1;
-                        let ours = [
-                            self.cfg.dns.into(),
-                            self.cfg.host.into(),
-                            self.cfg.ipv6_dns.into(),
-                            self.cfg.ipv6_host.into(),
-                        ];
-                        let code = if ours.contains(&remote.ip()) {
-                            Unreachable::Port
+                    verdict @ (Verdict::Refuse | Verdict::Prohibit) => {
+                        let code = if verdict == Verdict::Prohibit {
+                            self.egress_refused(Proto::Udp, remote);
+                            Unreachable::Prohibited
                         } else {
-                            Unreachable::Host
+                            self.counters.policy_refused += 1;
+                            let ours = [
+                                self.cfg.dns.into(),
+                                self.cfg.host.into(),
+                                self.cfg.ipv6_dns.into(),
+                                self.cfg.ipv6_host.into(),
+                            ];
+                            if ours.contains(&remote.ip()) {
+                                Unreachable::Port
+                            } else {
+                                Unreachable::Host
+                            }
                         };
                         let mut l4 = [0u8; 8];
                         l4[..2].copy_from_slice(&guest.port().to_be_bytes());
@@ -789,6 +802,10 @@ impl Stack {
             Verdict::Drop => return,
             Verdict::Refuse | Verdict::Local => {
                 self.counters.policy_refused += 1;
+                return self.reset(guest, remote, seg);
+            }
+            Verdict::Prohibit => {
+                self.egress_refused(Proto::Tcp, remote);
                 return self.reset(guest, remote, seg);
             }
         };
@@ -904,8 +921,18 @@ impl Stack {
                 self.counters.policy_refused += 1;
                 self.unreachable(Unreachable::Host, proto, guest, remote, msg);
             }
+            Verdict::Prohibit => {
+                self.egress_refused(Proto::Icmp, remote);
+                self.unreachable(Unreachable::Prohibited, proto, guest, remote, msg);
+            }
             Verdict::Drop => self.counters.ignored += 1,
         }
+    }
+
+    /// Counts (and traces) a new flow the egress rules refused.
+    fn egress_refused(&mut self, proto: Proto, remote: SocketAddr) {
+        self.counters.egress_refused += 1;
+        tracing::debug!(?proto, %remote, "refused by --restrict/--allow/--deny");
     }
 
     /// Handles readiness of one host socket.

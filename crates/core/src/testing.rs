@@ -750,7 +750,8 @@ impl Harness {
 
     /// The configuration a script's first byte selects: bit 0 a flow table
     /// of 4, bit 1 a TCP and a UDP port forward, bit 2 a DNS upstream, bit
-    /// 3 host loopback disabled, bit 4 the smallest MTU (576). (Bit 5 is
+    /// 3 host loopback disabled, bit 4 the smallest MTU (576), bit 6
+    /// `--restrict` with holes for port 80 of both gateways. (Bit 5 is
     /// not configuration: [`Harness::run_script`] reads it as "fix the
     /// checksums of every frame".)
     pub fn from_script_config(b: u8) -> Config {
@@ -772,6 +773,14 @@ impl Harness {
         cfg.disable_host_loopback = b & 8 != 0;
         if b & 16 != 0 {
             cfg.mtu = crate::config::MIN_MTU;
+        }
+        if b & 64 != 0 {
+            cfg.restrict = true;
+            for hole in ["10.0.2.2:80", "[fec0::2]:80"] {
+                if let Ok(rule) = crate::config::EgressRule::parse(true, hole) {
+                    cfg.egress.push(rule);
+                }
+            }
         }
         cfg
     }

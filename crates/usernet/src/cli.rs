@@ -11,9 +11,9 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use usernet_core::Config;
-use usernet_core::config::{DnsHost, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream};
+use usernet_core::config::{DnsHost, EgressRule, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream};
 
 /// A memory-safe user-mode network stack for QEMU guests.
 #[derive(Debug, Parser)]
@@ -189,6 +189,91 @@ pub struct StackArgs {
     /// Capture every frame on the guest link to this pcap file.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// `--restrict`, `--allow`, `--deny`.
+    #[command(flatten)]
+    pub egress: EgressArgs,
+}
+
+/// `--restrict[=on|off]`, `--allow RULE`, `--deny RULE`: the egress rules.
+///
+/// clap keeps each flag's values apart, but the rules are evaluated in
+/// command-line order across both flags (the first match wins), so this
+/// group implements [`Args`] by hand to merge them by their indices.
+#[derive(Clone, Debug, Default)]
+pub struct EgressArgs {
+    /// Refuse outbound flows no `--allow` rule lets out.
+    pub restrict: bool,
+    /// `--allow` and `--deny` rules, in command-line order.
+    pub rules: Vec<EgressRule>,
+}
+
+impl Args for EgressArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let restrict = Arg::new("restrict")
+            .long("restrict")
+            .value_name("on|off")
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("on")
+            .default_value("off")
+            .value_parser(parse_on_off)
+            .help(
+                "Let the guest reach only usernet's own services (DHCP, NDP, DNS, \
+                 echo replies) and --allow rules; port forwards still work",
+            );
+        let rule = |name: &'static str, allow: bool, help: &'static str| {
+            Arg::new(name)
+                .long(name)
+                .value_name("CIDR[:PORT]")
+                .action(ArgAction::Append)
+                .value_parser(move |s: &str| EgressRule::parse(allow, s))
+                .help(help)
+        };
+        cmd.arg(restrict)
+            .arg(rule(
+                "allow",
+                true,
+                "Let guest traffic to this destination out (repeatable; the first \
+                 --allow/--deny that matches decides); IPv6 with a port as [CIDR]:PORT",
+            ))
+            .arg(rule(
+                "deny",
+                false,
+                "Refuse guest traffic to this destination (repeatable; the first \
+                 --allow/--deny that matches decides); IPv6 with a port as [CIDR]:PORT",
+            ))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for EgressArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = EgressArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(restrict) = matches.get_one::<bool>("restrict") {
+            self.restrict = *restrict;
+        }
+        let mut rules: Vec<(usize, EgressRule)> = Vec::new();
+        for id in ["allow", "deny"] {
+            if let (Some(indices), Some(values)) =
+                (matches.indices_of(id), matches.get_many::<EgressRule>(id))
+            {
+                rules.extend(indices.zip(values.cloned()));
+            }
+        }
+        if !rules.is_empty() {
+            rules.sort_by_key(|(index, _)| *index);
+            self.rules = rules.into_iter().map(|(_, rule)| rule).collect();
+        }
+        Ok(())
+    }
 }
 
 /// QEMU's `on|off` switches.
@@ -239,6 +324,8 @@ impl StackArgs {
             dns_hosts: self.dns_host.clone(),
             hostfwd: self.hostfwd.clone(),
             max_flows: self.max_flows,
+            restrict: self.egress.restrict,
+            egress: self.egress.rules.clone(),
             ..Config::default()
         }
     }
@@ -440,6 +527,79 @@ mod tests {
 
         let cli = parse(["usernet", "slirp4netns", "--help", "-c", "1"]).expect("parses");
         assert!(matches!(cli.command, Command::Slirp4netns(s) if s.args == ["--help", "-c", "1"]));
+    }
+
+    #[test]
+    fn egress_rules_keep_command_line_order_in_every_mode() {
+        let c = qemu(&[
+            "--deny=10.0.2.2:22",
+            "--allow",
+            "10.0.2.0/24",
+            "--mtu=1500",
+            "--deny",
+            "[fec0::2]:80-90",
+            "--allow=::/0",
+        ])
+        .expect("parses")
+        .config(Vec::new);
+        assert!(!c.restrict);
+        let rules: Vec<String> = c.egress.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rules,
+            [
+                "--deny 10.0.2.2/32:22",
+                "--allow 10.0.2.0/24",
+                "--deny [fec0::2/128]:80-90",
+                "--allow ::/0",
+            ]
+        );
+        assert!(qemu(&["--restrict"]).expect("parses").egress.restrict);
+        assert!(qemu(&["--restrict=on"]).expect("parses").egress.restrict);
+        assert!(!qemu(&["--restrict=off"]).expect("parses").egress.restrict);
+
+        // A bare --restrict does not swallow the command or the PID.
+        let cli = parse([
+            "usernet",
+            "ns",
+            "--restrict",
+            "--allow",
+            "10.0.2.2:80",
+            "sh",
+            "-c",
+            "true",
+        ])
+        .expect("parses");
+        let Command::Ns(ns) = cli.command else {
+            panic!("not ns");
+        };
+        assert_eq!(ns.command, ["sh", "-c", "true"]);
+        let c = ns.stack.config(Vec::new);
+        assert!(c.restrict);
+        assert_eq!(c.egress.len(), 1);
+        let cli =
+            parse(["usernet", "attach", "--restrict", "--deny", "::/0", "77"]).expect("parses");
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach");
+        };
+        assert_eq!(a.pid, Some(77));
+        assert!(a.stack.egress.restrict);
+        assert!(!a.stack.egress.rules[0].allow);
+    }
+
+    #[test]
+    fn bad_egress_rules_are_one_line_naming_the_flag() {
+        for (extra, flag) in [
+            (&["--allow", "10.0.2.2:0"][..], "--allow"),
+            (&["--allow", "fec0::/64:80"], "--allow"),
+            (&["--deny", "10.0.2.0/33"], "--deny"),
+            (&["--deny", "[fec0::/64]80"], "--deny"),
+            (&["--restrict=maybe"], "--restrict"),
+        ] {
+            let line = usage(extra);
+            assert!(!line.contains('\n'), "{line:?}");
+            assert!(line.starts_with("usernet: "), "{line:?}");
+            assert!(line.contains(flag), "{line:?} should name {flag}");
+        }
     }
 
     #[test]

@@ -63,3 +63,18 @@ fn mtu_not_a_number() {
 fn hostfwd_malformed() {
     rejects(&["--hostfwd", "bogus"], "--hostfwd");
 }
+
+#[test]
+fn allow_with_a_bad_port() {
+    rejects(&["--allow", "10.0.2.2:http"], "--allow");
+}
+
+#[test]
+fn deny_with_an_unbracketed_ipv6_port() {
+    rejects(&["--deny", "fec0::/64:80"], "--deny");
+}
+
+#[test]
+fn restrict_with_a_bad_switch() {
+    rejects(&["--restrict=sometimes"], "--restrict");
+}

@@ -1,7 +1,8 @@
 //! Helpers for the namespace tests (`ns.rs`, `slirp4netns.rs`,
-//! `podman.rs`): a tiny host TCP server, a namespace to attach to, the
-//! slirp4netns API client, and a UDP relay that puts the [`TestResolver`]
-//! on port 53 (for modes that read the nameserver from resolv.conf).
+//! `podman.rs`, `restrict.rs`): tiny host TCP and UDP servers, a namespace
+//! to attach to, the slirp4netns API client, and a UDP relay that puts the
+//! [`TestResolver`] on port 53 (for modes that read the nameserver from
+//! resolv.conf).
 //!
 //! Everything is started by the test and stopped, by PID, on drop.
 //!
@@ -12,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,88 @@ impl HttpServer {
 }
 
 impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A background server thread, stopped on drop, counting what it served.
+pub struct Server {
+    addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// A TCP server on `addr` (port 0 for a free one) that writes `banner`
+    /// to every connection and closes it; counts connections.
+    pub fn tcp_banner(addr: &str, banner: &'static str) -> Server {
+        let l = TcpListener::bind(addr).expect("bind tcp banner server");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr");
+        Server::spawn(addr, move |served| match l.accept() {
+            Ok((mut c, _)) => {
+                served.fetch_add(1, Ordering::Relaxed);
+                let _ = c.set_nonblocking(false);
+                let _ = c.write_all(banner.as_bytes());
+                let _ = c.shutdown(Shutdown::Both);
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        })
+    }
+
+    /// A UDP server on `addr` (port 0 for a free one) that answers every
+    /// datagram with `echo:` and the datagram; counts datagrams.
+    pub fn udp_echo(addr: &str) -> Server {
+        let sock = UdpSocket::bind(addr).expect("bind udp echo server");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let mut buf = vec![0u8; 65536];
+        Server::spawn(addr, move |served| {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                served.fetch_add(1, Ordering::Relaxed);
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, peer);
+            }
+        })
+    }
+
+    /// Runs `step` (which must return within ~50 ms) until dropped.
+    fn spawn(addr: SocketAddr, mut step: impl FnMut(&AtomicUsize) + Send + 'static) -> Server {
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, n) = (stop.clone(), served.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                step(&n);
+            }
+        });
+        Server {
+            addr,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// How many connections or datagrams it served so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
