@@ -11,8 +11,8 @@
 //! against the C header by `tests/layout.rs`.
 //!
 //! What the core does not do yet is refused, not ignored, where ignoring it
-//! would weaken the guest's isolation (`restricted`, `disable_dhcp`), and
-//! reported through `guest_error` otherwise (TFTP, boot file).
+//! would change what the guest is given (`disable_dhcp`), and reported
+//! through `guest_error` otherwise (TFTP, boot file).
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -281,9 +281,9 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
         }
         let mut ignored = Vec::new();
         let mut core = Config::default();
-        if (&raw const (*cfg).restricted).read_unaligned() != 0 {
-            return Err(ConfigError::Unsupported("restricted"));
-        }
+        // QEMU's restrict=on: the guest reaches nothing through host
+        // sockets but what forwards bring in (the core's `restrict`).
+        core.restrict = (&raw const (*cfg).restricted).read_unaligned() != 0;
         core.ipv4 = (&raw const (*cfg).in_enabled).read_unaligned();
         core.ipv6 = (&raw const (*cfg).in6_enabled).read_unaligned();
         let network = ipv4((&raw const (*cfg).vnetwork).read_unaligned());

@@ -329,14 +329,14 @@ fn every_version_answers_arp() {
 
 #[test]
 fn bad_configurations_fail_cleanly() {
-    for (version, restricted, want) in [
-        (0, 0, "version 0"),
-        (7, 0, "version 7"),
-        (4, 1, "restricted"),
+    for (version, disable_dhcp, want) in [
+        (0, false, "version 0"),
+        (7, false, "version 7"),
+        (4, true, "disable_dhcp"),
     ] {
         let e = Embedder::default();
         let mut cfg = default_config(version);
-        cfg.restricted = restricted;
+        cfg.disable_dhcp = disable_dhcp;
         let cb = Embedder::callbacks();
         // SAFETY: full structures, `e` outlives the call.
         let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
@@ -519,4 +519,82 @@ fn a_panic_poisons_the_instance() {
         !timers.is_empty() && timers.iter().all(|t| t.freed),
         "timer not freed"
     );
+}
+
+/// A TCP SYN from the guest to `dst:port`.
+fn tcp_syn(dst: Ipv4Address, port: u16) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let src = Ipv4Address::new(10, 0, 2, 15);
+    let tcp = TcpRepr {
+        src_port: 40000,
+        dst_port: port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut frame);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &src.into(),
+        &dst.into(),
+        &caps,
+    );
+    buf
+}
+
+/// `restricted` (QEMU's `restrict=on`) refuses the guest's connection to
+/// the gateway at once, before any host socket.
+#[test]
+fn restricted_refuses_the_gateway() {
+    let e = Embedder::default();
+    let mut cfg = default_config(4);
+    cfg.restricted = 1;
+    let cb = Embedder::callbacks();
+    // SAFETY: full structures; `e` outlives the instance.
+    let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
+    assert!(!s.is_null(), "{:?}", e.errors.borrow());
+    for f in [arp_request(), tcp_syn(Ipv4Address::new(10, 0, 2, 2), 22)] {
+        // SAFETY: the live instance and a frame of that length.
+        unsafe { slirp_input(s, f.as_ptr(), f.len() as c_int) };
+    }
+    // SAFETY: the live instance, not used again.
+    unsafe { slirp_cleanup(s) };
+    let refused = e.frames.borrow().iter().any(|f| {
+        use smoltcp::wire::{Ipv4Packet, TcpPacket};
+        let Ok(eth) = EthernetFrame::new_checked(&f[..]) else {
+            return false;
+        };
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            return false;
+        };
+        TcpPacket::new_checked(ip.payload()).is_ok_and(|t| t.rst() && t.src_port() == 22)
+    });
+    assert!(refused, "no RST for a restricted guest's SYN");
 }
