@@ -280,10 +280,12 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
             return Err(ConfigError::Version(version));
         }
         let mut ignored = Vec::new();
-        let mut core = Config::default();
-        // QEMU's restrict=on: the guest reaches nothing through host
-        // sockets but what forwards bring in (the core's `restrict`).
-        core.restrict = (&raw const (*cfg).restricted).read_unaligned() != 0;
+        let mut core = Config {
+            // QEMU's restrict=on: the guest reaches nothing through host
+            // sockets but what forwards bring in (the core's `restrict`).
+            restrict: (&raw const (*cfg).restricted).read_unaligned() != 0,
+            ..Config::default()
+        };
         core.ipv4 = (&raw const (*cfg).in_enabled).read_unaligned();
         core.ipv6 = (&raw const (*cfg).in6_enabled).read_unaligned();
         let network = ipv4((&raw const (*cfg).vnetwork).read_unaligned());
