@@ -47,6 +47,9 @@ use common::{
     DHCP, Guest, Nic, SCENARIO_OK, TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, lease,
 };
 
+/// Port 53 of this namespace is one: the tests that relay it take turns.
+static PORT53: Mutex<()> = Mutex::new(());
+
 /// Links `libslirp.so.0` into `dir` from the staticlib beside this test.
 fn build_library(dir: &TempDir) -> PathBuf {
     let deps = std::env::current_exe()
@@ -156,6 +159,7 @@ fn qemu_nic_user() {
     assert_isolated_netns();
     let dir = TempDir::new("libslirp-qemu");
     let lib_dir = build_library(&dir);
+    let _port53 = PORT53.lock().unwrap_or_else(|e| e.into_inner());
     let resolver = TestResolver::start();
     let _relay = Port53Relay::start(resolver.addr());
     let resolv = local_resolv_conf(&dir);
@@ -176,8 +180,15 @@ fn qemu_nic_user() {
         send_with_retry((lo, fwd_port), &data);
         eprintln!("host→guest forward: {:.1} s", t.elapsed().as_secs_f64());
         // The guest connected to `hold` before it listened on the forward.
-        hold.set_nonblocking(false).expect("blocking");
-        let (held, _) = hold.accept().expect("the guest's held connection");
+        hold.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + RETRY;
+        let held = loop {
+            match hold.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("the guest's held connection never came: {e}"),
+            }
+        };
         let mut m = Monitor::connect(&monitor);
         let add = m.run(&format!(
             "hostfwd_add tcp:127.0.0.1:{added_port}-:{added_port}"
@@ -273,6 +284,7 @@ fn slirp4netns_configure() {
     assert_isolated_netns();
     let dir = TempDir::new("libslirp-s4");
     let lib_dir = build_library(&dir);
+    let _port53 = PORT53.lock().unwrap_or_else(|e| e.into_inner());
     let resolver = TestResolver::start();
     let _relay = Port53Relay::start(resolver.addr());
     let resolv = local_resolv_conf(&dir);
