@@ -251,6 +251,30 @@ impl Server {
             .map(|(ip, _)| *ip)
     }
 
+    /// The leases bound now, as (address, client MAC), for a saved state.
+    pub fn bound(&self) -> impl Iterator<Item = (Ipv4Addr, [u8; 6])> + '_ {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.state == State::Bound)
+            .map(|(ip, l)| (*ip, l.mac))
+    }
+
+    /// Takes over a lease bound by another instance (a loaded state):
+    /// `ip` is `mac`'s until `expires`. Refused (false) outside the pool.
+    pub fn restore(
+        &mut self,
+        cfg: &Config,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        expires: Option<Instant>,
+    ) -> bool {
+        if !in_pool(cfg, ip) {
+            return false;
+        }
+        self.assign(ip, mac, State::Bound, expires);
+        self.lease_of(mac) == Some(ip)
+    }
+
     /// The entry held by `mac` (not declined), if any.
     fn held_by(&self, mac: [u8; 6]) -> Option<Ipv4Addr> {
         self.leases

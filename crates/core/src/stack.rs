@@ -1257,6 +1257,18 @@ impl Stack {
             .collect()
     }
 
+    /// The DHCP leases bound now, as (address, client MAC).
+    pub fn dhcp_leases(&self) -> Vec<(Ipv4Addr, [u8; 6])> {
+        self.dhcp.bound().collect()
+    }
+
+    /// Takes over a DHCP lease from a saved state (migration), for a full
+    /// lease time from `now`; false if `ip` is outside the pool.
+    pub fn restore_dhcp_lease(&mut self, now: Instant, ip: Ipv4Addr, mac: [u8; 6]) -> bool {
+        let expires = now.checked_add(self.cfg.lease_time);
+        self.dhcp.restore(&self.cfg, ip, mac, expires)
+    }
+
     /// What the stack learnt of the guest: its MAC, IPv4 and IPv6 address.
     pub fn guest_addresses(&self) -> (Option<[u8; 6]>, Option<Ipv4Addr>, Option<Ipv6Addr>) {
         (self.guest_mac.map(|m| m.0), self.guest_ip, self.guest_ip6)

@@ -12,8 +12,7 @@
 //!   embedder's `guest_error`, and poisons the instance.
 //!
 //! Failure values are libslirp's: `NULL`, `-1`, or nothing. Features the
-//! core does not have yet (guest forwards, migration state) are exported
-//! and fail cleanly.
+//! core does not have yet (guest forwards) are exported and fail cleanly.
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io::Write as _;
@@ -30,9 +29,6 @@ use crate::config::{
     SlirpGetREventsCb, SlirpReadCb, SlirpWriteCb,
 };
 use crate::slirp::{Slirp, guest_target};
-
-/// What `slirp_state_version` reports: libslirp 4.x's format version.
-const STATE_VERSION: c_int = 4;
 
 thread_local! {
     /// Instances inside an entry point on this thread.
@@ -628,37 +624,51 @@ pub unsafe extern "C" fn slirp_neighbor_info(slirp: *mut Slirp) -> *mut c_char {
     })
 }
 
-/// Migration state: not supported yet. Writes nothing, reports it, and
-/// returns -1 (libslirp 4.9 returns `int`; older headers say `void`,
-/// whose callers ignore the value).
+/// Saves the migration state (libslirp's format, see [`crate::state`])
+/// through `write_cb`. Returns 0, or -1 if the embedder's write failed
+/// (libslirp 4.9 returns `int`; older headers say `void`, whose callers
+/// ignore the value).
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// `write_cb` is a valid callback for `opaque`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_state_save(
     slirp: *mut Slirp,
     write_cb: SlirpWriteCb,
     opaque: *mut c_void,
 ) -> c_int {
-    let _ = (write_cb, opaque);
+    let Some(write) = write_cb else {
+        return -1;
+    };
     enter(slirp, "slirp_state_save", -1, |s| {
-        s.callbacks()
-            .guest_error("usernet: saving the network state (migration) is not supported yet");
-        -1
+        let bytes = s.save_state();
+        let mut at = 0;
+        // Bounded: each round writes at least one byte or stops.
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            // SAFETY: the embedder's callback reading `rest.len()` bytes
+            // of a live buffer.
+            let n = unsafe { write(rest.as_ptr().cast(), rest.len(), opaque) };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => at += n.min(rest.len()),
+                _ => return -1,
+            }
+        }
+        0
     })
 }
 
 /// The state format's version, as libslirp 4.x.
 #[unsafe(no_mangle)]
 pub extern "C" fn slirp_state_version() -> c_int {
-    STATE_VERSION
+    crate::state::VERSION
 }
 
-/// Migration state: not supported yet; `-ENOTSUP`, so the embedder fails
-/// the migration cleanly.
+/// Loads a migration state saved by `slirp_state_save` (ours or
+/// libslirp's) of format `version_id`. Returns 0 or a negative errno.
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// `read_cb` is a valid callback for `opaque`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_state_load(
     slirp: *mut Slirp,
@@ -666,11 +676,24 @@ pub unsafe extern "C" fn slirp_state_load(
     read_cb: SlirpReadCb,
     opaque: *mut c_void,
 ) -> c_int {
-    let _ = (version_id, read_cb, opaque);
-    enter(slirp, "slirp_state_load", -libc::ENOTSUP, |s| {
-        s.callbacks()
-            .guest_error("usernet: loading a network state (migration) is not supported yet");
-        -libc::ENOTSUP
+    let Some(read) = read_cb else {
+        return -libc::EINVAL;
+    };
+    enter(slirp, "slirp_state_load", -libc::EINVAL, |s| {
+        let mut read_exact = |buf: &mut [u8]| {
+            // SAFETY: the embedder's callback writing at most `buf.len()`
+            // bytes into a live buffer.
+            let n = unsafe { read(buf.as_mut_ptr().cast(), buf.len(), opaque) };
+            usize::try_from(n).is_ok_and(|n| n == buf.len())
+        };
+        match s.load_state(version_id, &mut read_exact) {
+            Ok(()) => 0,
+            Err(e) => {
+                s.callbacks()
+                    .guest_error(&format!("usernet: slirp_state_load: {e}"));
+                e.errno()
+            }
+        }
     })
 }
 

@@ -19,7 +19,8 @@
 //!   ([`api`]) catches it, reports it through `guest_error` and disables
 //!   the instance.
 //!
-//! `slirp/libslirp.h`'s types are mirrored in [`config`] and read only as
+//! Migration state is libslirp's format ([`state`]). `slirp/libslirp.h`'s
+//! types are mirrored in [`config`] and read only as
 //! far as the caller's `SlirpConfig::version` guarantees. `unsafe` lives
 //! here, not in the core; each block says why it holds.
 #![allow(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod config;
 mod info;
 mod poll;
 mod slirp;
+pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod timers;

@@ -13,6 +13,7 @@
 //! `pollfds_fill` ask for a zero timeout (and `notify` wake the loop), so
 //! they go out on the next turn. `send_packet` never says "full": like
 //! libslirp, a frame the embedder cannot take is lost and TCP retransmits.
+//! Migration state is [`crate::state`]'s.
 use std::ffi::{c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -27,6 +28,7 @@ use crate::callbacks::Callbacks;
 use crate::config::{ConfigError, Settings};
 use crate::info;
 use crate::poll::EpollSet;
+use crate::state::{LoadError, State};
 use crate::timers::{Clock, Timer};
 
 /// Most frames sent to the guest in one call.
@@ -233,6 +235,27 @@ impl Slirp {
             .map(|(id, _)| id)
             .ok_or(ForwardError::NotFound)?;
         self.stack.remove_hostfwd(id, &mut self.sockets);
+        Ok(())
+    }
+
+    /// `slirp_state_save`'s bytes: the bound DHCP leases in libslirp's
+    /// format.
+    pub fn save_state(&self) -> Vec<u8> {
+        let start = self.stack.config().dhcpstart;
+        State::from_leases(start, &self.stack.dhcp_leases()).encode()
+    }
+
+    /// `slirp_state_load`: takes over the leases of a saved state.
+    pub fn load_state(
+        &mut self,
+        version: i32,
+        read: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Result<(), LoadError> {
+        let state = State::decode(version, read)?;
+        let now = self.now();
+        for (ip, mac) in state.leases(self.stack.config().dhcpstart) {
+            self.stack.restore_dhcp_lease(now, ip, mac);
+        }
         Ok(())
     }
 
