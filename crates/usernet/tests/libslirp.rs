@@ -176,12 +176,10 @@ fn qemu_nic_user() {
     let monitor = monitor_path.clone();
     let host = thread::spawn(move || {
         let lo = Ipv4Addr::LOCALHOST;
-        let t = Instant::now();
-        send_with_retry((lo, fwd_port), &data);
-        eprintln!("host→guest forward: {:.1} s", t.elapsed().as_secs_f64());
-        // The guest connected to `hold` before it listened on the forward.
+        // The guest connects to `hold` once its server on the forward
+        // listens (and keeps the connection for `info usernet`).
         hold.set_nonblocking(true).expect("nonblocking");
-        let deadline = Instant::now() + RETRY;
+        let deadline = Instant::now() + 3 * RETRY;
         let held = loop {
             match hold.accept() {
                 Ok((c, _)) => break c,
@@ -189,6 +187,9 @@ fn qemu_nic_user() {
                 Err(e) => panic!("the guest's held connection never came: {e}"),
             }
         };
+        let t = Instant::now();
+        send_with_retry((lo, fwd_port), &data);
+        eprintln!("host→guest forward: {:.1} s", t.elapsed().as_secs_f64());
         let mut m = Monitor::connect(&monitor);
         let add = m.run(&format!(
             "hostfwd_add tcp:127.0.0.1:{added_port}-:{added_port}"
@@ -206,12 +207,17 @@ fn qemu_nic_user() {
         }
     });
 
+    // Every wait is bounded (seq); the forward's server runs in the
+    // background while the other checks go on.
     let scenario = format!(
-        "{DHCP}nslookup qemu.usernet.test 10.0.2.3 | sed 's/^/ns: /'
+        "{DHCP}timeout 300 socat -u TCP-LISTEN:{fwd_port},reuseaddr - | sha256sum | sed 's/ .*/ in/' >/tmp/in &
+for i in $(seq 100); do netstat -ltn | grep -q ':{fwd_port} ' && break; sleep 0.1; done
+(sleep 600 | socat - TCP:10.0.2.2:{hold_port}) &
+nslookup qemu.usernet.test 10.0.2.3 | sed 's/^/ns: /'
 echo body=$(timeout 20 wget -q -O- http://10.0.2.2:{http}/)
 ping -c 1 -W 5 10.0.2.2 >/dev/null && echo ping=ok
-(sleep 600 | socat - TCP:10.0.2.2:{hold_port}) &
-timeout 300 socat -u TCP-LISTEN:{fwd_port},reuseaddr - | sha256sum | sed 's/ .*/ in/'
+for i in $(seq 600); do [ -s /tmp/in ] && break; sleep 0.5; done
+cat /tmp/in
 timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-time'
 ",
         http = http.port()
