@@ -424,6 +424,9 @@ pub struct Config {
     /// Do not serve DNS: the DNS addresses are like any other unused
     /// address of the network (slirp4netns `--disable-dns`).
     pub disable_dns: bool,
+    /// Do not answer DHCPv4 (libslirp's `disable_dhcp`): the guest
+    /// configures its address itself.
+    pub disable_dhcp: bool,
     /// Upstream resolvers for the DNS forwarder.
     pub dns_upstreams: Vec<SocketAddr>,
     /// Names answered locally.
@@ -470,6 +473,7 @@ impl Default for Config {
             lease_time: Duration::from_secs(86400),
             disable_host_loopback: false,
             disable_dns: false,
+            disable_dhcp: false,
             dns_upstreams: Vec::new(),
             dns_hosts: Vec::new(),
             restrict: false,

@@ -478,6 +478,10 @@ impl Stack {
                 }
                 let (sport, dport) = (udp.src_port(), udp.dst_port());
                 match (src, dport) {
+                    (IpAddr::V4(_), DHCP_SERVER_PORT) if self.cfg.disable_dhcp => {
+                        self.counters.ignored += 1;
+                        return;
+                    }
                     (IpAddr::V4(_), DHCP_SERVER_PORT) => {
                         return self.dhcp(now, src_mac, udp.payload());
                     }

@@ -10,9 +10,8 @@
 //! guarantees; later fields keep their defaults. The layouts are checked
 //! against the C header by `tests/layout.rs`.
 //!
-//! What the core does not do yet is refused, not ignored, where ignoring it
-//! would change what the guest is given (`disable_dhcp`), and reported
-//! through `guest_error` otherwise (TFTP, boot file).
+//! What the core does not do yet (TFTP, boot file) is reported through
+//! `guest_error` and otherwise ignored.
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -177,9 +176,6 @@ pub enum ConfigError {
     /// A required callback is missing.
     #[error("SlirpCb.{0} is required")]
     MissingCallback(&'static str),
-    /// A feature the core does not offer yet, refused rather than ignored.
-    #[error("SlirpConfig.{0} is not supported by usernet yet")]
-    Unsupported(&'static str),
     /// `vnetmask` is not a prefix mask.
     #[error("SlirpConfig.vnetmask {0} is not a prefix mask")]
     Mask(Ipv4Addr),
@@ -356,8 +352,8 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
         if version >= 3 {
             core.disable_dns = (&raw const (*cfg).disable_dns).read_unaligned();
         }
-        if version >= 4 && (&raw const (*cfg).disable_dhcp).read_unaligned() {
-            return Err(ConfigError::Unsupported("disable_dhcp"));
+        if version >= 4 {
+            core.disable_dhcp = (&raw const (*cfg).disable_dhcp).read_unaligned();
         }
         // Version 5 (NC-SI's mfr_id, oob_eth_addr): NC-SI is not served,
         // so the fields have nothing to configure.

@@ -329,14 +329,16 @@ fn every_version_answers_arp() {
 
 #[test]
 fn bad_configurations_fail_cleanly() {
-    for (version, disable_dhcp, want) in [
-        (0, false, "version 0"),
-        (7, false, "version 7"),
-        (4, true, "disable_dhcp"),
+    for (version, mask, want) in [
+        (0, [255, 255, 255, 0], "version 0"),
+        (7, [255, 255, 255, 0], "version 7"),
+        (4, [255, 0, 255, 0], "vnetmask"),
     ] {
         let e = Embedder::default();
         let mut cfg = default_config(version);
-        cfg.disable_dhcp = disable_dhcp;
+        cfg.vnetmask = libc::in_addr {
+            s_addr: u32::from_ne_bytes(mask),
+        };
         let cb = Embedder::callbacks();
         // SAFETY: full structures, `e` outlives the call.
         let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
@@ -597,4 +599,44 @@ fn restricted_refuses_the_gateway() {
         TcpPacket::new_checked(ip.payload()).is_ok_and(|t| t.rst() && t.src_port() == 22)
     });
     assert!(refused, "no RST for a restricted guest's SYN");
+}
+
+/// `disable_dhcp` (version 4) silences the DHCP server, and only then.
+#[test]
+fn disable_dhcp_silences_dhcp() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../corpus/libslirp-fuzzing/IN_dhcp/dhcp_capture.pcap");
+    let frames = usernet_core::testing::capture_frames(&path, GUEST_MAC, [0x52, 0x55, 10, 0, 2, 2]);
+    let dhcp_replies = |disable: bool| {
+        let e = Embedder::default();
+        let mut cfg = default_config(4);
+        cfg.disable_dhcp = disable;
+        let cb = Embedder::callbacks();
+        // SAFETY: full structures; `e` outlives the instance; frames of
+        // their length.
+        unsafe {
+            let s = slirp_new(&cfg, &cb, e.opaque());
+            assert!(!s.is_null());
+            for f in &frames {
+                slirp_input(s, f.as_ptr(), f.len() as c_int);
+            }
+            slirp_cleanup(s);
+        }
+        e.frames
+            .borrow()
+            .iter()
+            .filter(|f| {
+                use smoltcp::wire::{Ipv4Packet, UdpPacket};
+                let Ok(eth) = EthernetFrame::new_checked(&f[..]) else {
+                    return false;
+                };
+                let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                    return false;
+                };
+                UdpPacket::new_checked(ip.payload()).is_ok_and(|u| u.src_port() == 67)
+            })
+            .count()
+    };
+    assert!(dhcp_replies(false) > 0, "no DHCP reply at all");
+    assert_eq!(dhcp_replies(true), 0);
 }
