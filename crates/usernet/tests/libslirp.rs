@@ -21,6 +21,8 @@
 //!   embedder faked in Rust); its host sockets are real, hence this file and
 //!   the isolated namespace (nothing they reach exists), and DNS is off so
 //!   nothing is forwarded to resolv.conf's nameservers.
+//! - `hostfwd_calls_listen_and_stop`: the forward calls, v4 and v6, on a
+//!   fake embedder, against real listening sockets.
 #![allow(unsafe_code)] // The corpus test calls the C ABI directly.
 mod common;
 
@@ -459,4 +461,73 @@ fn corpus_through_slirp_input() {
     }
     eprintln!("{frames_in} corpus frames in, {frames_out} frames out");
     assert!(frames_out > 0);
+}
+
+/// `slirp_add_hostxfwd` / `slirp_remove_hostxfwd` (IPv6 and IPv4) and
+/// the IPv4 calls listen and stop listening on the host; duplicates and
+/// unknown forwards fail with -1.
+#[test]
+fn hostfwd_calls_listen_and_stop() {
+    use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+    use usernet_libslirp::config::SLIRP_HOSTFWD_V6ONLY;
+    use usernet_libslirp::{
+        slirp_add_hostfwd, slirp_add_hostxfwd, slirp_remove_hostfwd, slirp_remove_hostxfwd,
+    };
+    assert_isolated_netns();
+    let e = Embedder::default();
+    let cfg = default_config(4);
+    let cb = Embedder::callbacks();
+    // SAFETY: full structures; `e` outlives the instance.
+    let s = unsafe { slirp_new(&cfg, &cb, e.opaque()) };
+    assert!(!s.is_null());
+    let v6_port = free_port();
+    let host6 = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: v6_port.to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: Ipv6Addr::LOCALHOST.octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    let mut guest6 = host6;
+    guest6.sin6_addr.s6_addr = "fec0::15".parse::<Ipv6Addr>().expect("addr").octets();
+    let len6 = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    let lo4 = libc::in_addr {
+        s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+    };
+    let any4 = libc::in_addr { s_addr: 0 };
+    let v4_port = free_port();
+    let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, v6_port, 0, 0));
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, v4_port));
+    let p4 = c_int::from(v4_port);
+    // SAFETY: a live instance and addresses of the lengths given.
+    unsafe {
+        let h6 = (&raw const host6).cast::<libc::sockaddr>();
+        let g6 = (&raw const guest6).cast::<libc::sockaddr>();
+        assert_eq!(
+            slirp_add_hostxfwd(s, h6, len6, g6, len6, SLIRP_HOSTFWD_V6ONLY),
+            0
+        );
+        assert_eq!(
+            slirp_add_hostxfwd(s, h6, len6, g6, len6, 0),
+            -1,
+            "duplicate"
+        );
+        assert_eq!(
+            slirp_add_hostxfwd(s, h6, 3, g6, len6, 0),
+            -1,
+            "short address"
+        );
+        assert_eq!(slirp_add_hostfwd(s, 0, lo4, p4, any4, p4), 0);
+        assert!(TcpStream::connect(v6).is_ok(), "no IPv6 listener");
+        assert!(TcpStream::connect(v4).is_ok(), "no IPv4 listener");
+        assert_eq!(slirp_remove_hostxfwd(s, h6, len6, 0), 0);
+        assert_eq!(slirp_remove_hostxfwd(s, h6, len6, 0), -1, "removed twice");
+        assert_eq!(slirp_remove_hostfwd(s, 0, lo4, p4), 0);
+        assert_eq!(slirp_remove_hostfwd(s, 1, lo4, p4), -1, "not a UDP forward");
+        assert!(TcpStream::connect(v6).is_err(), "IPv6 listener left");
+        assert!(TcpStream::connect(v4).is_err(), "IPv4 listener left");
+        slirp_cleanup(s);
+    }
 }
