@@ -21,6 +21,10 @@
 //!   embedder faked in Rust); its host sockets are real, hence this file and
 //!   the isolated namespace (nothing they reach exists), and DNS is off so
 //!   nothing is forwarded to resolv.conf's nameservers.
+//! - `qemu_migrates_to_and_from_debian_libslirp`: a guest on usernet's
+//!   library migrates (QEMU `migrate` to a file, `-incoming` from it) to a
+//!   QEMU on Debian's libslirp and keeps its network, and back the other
+//!   way: each reads the other's `slirp_state_save`.
 //! - `hostfwd_calls_listen_and_stop`: the forward calls, v4 and v6, on a
 //!   fake embedder, against real listening sockets.
 #![allow(unsafe_code)] // The corpus test calls the C ABI directly.
@@ -46,7 +50,8 @@ use usernet_libslirp::{
 };
 
 use common::{
-    DHCP, Guest, Nic, SCENARIO_OK, TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, lease,
+    Boot, DHCP, Guest, Nic, SCENARIO_OK, TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns,
+    lease, wait_timeout,
 };
 
 /// Port 53 of this namespace is one: the tests that relay it take turns.
@@ -529,5 +534,109 @@ fn hostfwd_calls_listen_and_stop() {
         assert!(TcpStream::connect(v6).is_err(), "IPv6 listener left");
         assert!(TcpStream::connect(v4).is_err(), "IPv4 listener left");
         slirp_cleanup(s);
+    }
+}
+
+/// Waits (bounded) until the console file holds `marker`.
+fn wait_for_console(console: &Path, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        if text.contains(marker) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {marker:?} on the console:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Boots the guest on the libslirp in `from` (a directory for
+/// `LD_LIBRARY_PATH`), migrates it to a file once it has its lease, and
+/// resumes it on the libslirp in `to`, where it fetches a page from the
+/// host. Returns the resumed guest's console.
+fn migrate(label: &str, from: &Path, to: &Path) -> String {
+    let dir = TempDir::new(label);
+    let resolv = local_resolv_conf(&dir);
+    let port = free_port();
+    let scenario = format!(
+        "{DHCP}echo migrate-now
+for i in $(seq 120); do body=$(timeout 3 wget -q -O- http://10.0.2.2:{port}/ 2>/dev/null) && [ -n \"$body\" ] && break; sleep 1; done
+echo body=$body
+"
+    );
+    let boot = Boot::new(&scenario, &[]);
+    let state = dir.join("vm.state");
+    let monitor = dir.join("monitor.sock");
+    let monitor_args = [
+        "-monitor".to_owned(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    ];
+    let nic = |lib_dir, args| Nic::User {
+        options: "model=virtio-net-pci",
+        lib_dir,
+        resolv_conf: &resolv,
+        args,
+    };
+    let src_console = dir.join("source.console");
+    let mut source = Proc(boot.spawn(&nic(from, &monitor_args), &[], &src_console));
+    wait_for_console(&src_console, "migrate-now");
+    let mut m = Monitor::connect(&monitor);
+    m.run(&format!("migrate \"exec:cat > {}\"", state.display()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = m.run("info migrate");
+        if info.contains("Migration status: completed") {
+            break;
+        }
+        assert!(
+            !info.contains("failed") && Instant::now() < deadline,
+            "migration did not complete:\n{info}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let _ = m.stream.write_all(b"quit\n");
+    assert!(
+        wait_timeout(&mut source.0, Duration::from_secs(30)).is_some(),
+        "the source did not quit"
+    );
+
+    // Only the destination finds a server.
+    let _http = HttpServer::start_on(port, "hello-after-migration");
+    let dst_console = dir.join("destination.console");
+    let incoming = [
+        "-incoming".to_owned(),
+        format!("exec:cat {}", state.display()),
+    ];
+    let mut dest = Proc(boot.spawn(&nic(to, &[]), &incoming, &dst_console));
+    let done = wait_timeout(&mut dest.0, Duration::from_secs(300));
+    let out = std::fs::read_to_string(&dst_console)
+        .unwrap_or_default()
+        .replace('\r', "");
+    eprintln!("--- {label}: destination console ({done:?}) ---\n{out}\n---");
+    out
+}
+
+#[test]
+fn qemu_migrates_to_and_from_debian_libslirp() {
+    assert_isolated_netns();
+    let dir = TempDir::new("libslirp-migrate");
+    let ours = build_library(&dir);
+    // An empty directory first on LD_LIBRARY_PATH: Debian's libslirp.
+    let debian = dir.join("debian");
+    std::fs::create_dir_all(&debian).expect("dir");
+    for (label, from, to) in [
+        ("usernet-to-debian", &ours, &debian),
+        ("debian-to-usernet", &debian, &ours),
+    ] {
+        let out = migrate(label, from, to);
+        assert_eq!(
+            field(&out, "body"),
+            Some("hello-after-migration"),
+            "{label}: no network after migration:\n{out}"
+        );
+        assert!(out.contains(SCENARIO_OK), "{label}:\n{out}");
     }
 }

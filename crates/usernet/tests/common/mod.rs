@@ -316,7 +316,7 @@ pub fn usernet_output(args: &[&str], timeout: Duration) -> Output {
 }
 
 /// Waits up to `timeout` for `child`; `None` if it is still running.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -370,6 +370,49 @@ impl Guest {
         timeout: Duration,
         started: &mut dyn FnMut(u32),
     ) -> String {
+        let boot = Boot::new(scenario, files);
+        let console = boot.dir.join("console");
+        let started_at = Instant::now();
+        let mut child = boot.spawn(nic, &[], &console);
+        started(child.id());
+        let status = wait_timeout(&mut child, timeout);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let output = fs::read_to_string(&console)
+            .unwrap_or_default()
+            .replace('\r', "");
+        eprintln!(
+            "--- guest console ({:.1} s, {}) ---\n{output}\n--- end of guest console ---",
+            started_at.elapsed().as_secs_f64(),
+            match status {
+                Some(s) => format!("qemu exited with {s}"),
+                None => format!("killed after {timeout:?}"),
+            }
+        );
+        assert!(
+            output.contains(BOOT_MARKER),
+            "the guest did not boot (no {BOOT_MARKER:?}); console:\n{output}"
+        );
+        output
+    }
+}
+
+/// A guest ready to boot: the cached kernel and an initramfs holding the
+/// scenario, in a temporary directory. [`Guest::run_on`] is one boot;
+/// tests that start QEMU more than once on the same guest (migration) use
+/// this directly.
+pub struct Boot {
+    /// Holds the initrd (and, by convention, consoles).
+    pub dir: TempDir,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+impl Boot {
+    /// Builds the initrd for `scenario` and `files`.
+    pub fn new(scenario: &str, files: &[GuestFile<'_>]) -> Boot {
         let guest = guest_dir();
         let kernel = guest.join("vmlinuz");
         let base = guest.join("initramfs.cpio.gz");
@@ -398,18 +441,27 @@ impl Guest {
         initrd.extend_from_slice(&gz.stdout);
         let initrd_path = dir.join("initrd");
         fs::write(&initrd_path, initrd).expect("write initrd");
+        Boot {
+            dir,
+            kernel,
+            initrd: initrd_path,
+        }
+    }
 
-        let console = dir.join("console");
+    /// Starts QEMU with the NIC `nic` and `extra` arguments, its console
+    /// (stdout and stderr) to the file `console`.
+    pub fn spawn(&self, nic: &Nic<'_>, extra: &[String], console: &Path) -> Child {
         let mut qemu: Vec<std::ffi::OsString> = vec!["qemu-system-x86_64".into()];
         for a in ["-accel", &accel(), "-m", "256", "-nographic", "-no-reboot"] {
             qemu.push(a.into());
         }
         qemu.push("-kernel".into());
-        qemu.push(kernel.into());
+        qemu.push(self.kernel.clone().into());
         qemu.push("-initrd".into());
-        qemu.push(initrd_path.into());
+        qemu.push(self.initrd.clone().into());
         qemu.push("-append".into());
         qemu.push("console=ttyS0 quiet panic=-1".into());
+        qemu.extend(extra.iter().map(Into::into));
         let mut cmd = match nic {
             Nic::Stream(socket) => {
                 let mut netdev =
@@ -440,37 +492,13 @@ impl Guest {
                 cmd
             }
         };
-        let started_at = Instant::now();
-        let console_out = File::create(&console).expect("create console file");
+        let console_out = File::create(console).expect("create console file");
         let console_err = console_out.try_clone().expect("dup console file");
-        let mut child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(console_out)
             .stderr(console_err)
             .spawn()
-            .expect("start qemu-system-x86_64");
-        started(child.id());
-        let status = wait_timeout(&mut child, timeout);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let output = fs::read_to_string(&console)
-            .unwrap_or_default()
-            .replace('\r', "");
-        eprintln!(
-            "--- guest console ({:.1} s, {}) ---\n{output}\n--- end of guest console ---",
-            started_at.elapsed().as_secs_f64(),
-            match status {
-                Some(s) => format!("qemu exited with {s}"),
-                None => format!("killed after {timeout:?}"),
-            }
-        );
-        assert!(
-            output.contains(BOOT_MARKER),
-            "the guest did not boot (no {BOOT_MARKER:?}); console:\n{output}"
-        );
-        output
+            .expect("start qemu-system-x86_64")
     }
 }
 

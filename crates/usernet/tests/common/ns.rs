@@ -28,7 +28,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts the server on a free port.
     pub fn start(body: &str) -> HttpServer {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind http server");
+        HttpServer::start_on(0, body)
+    }
+
+    /// Starts the server on `port` of 127.0.0.1 (0: a free one).
+    pub fn start_on(port: u16, body: &str) -> HttpServer {
+        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind http server");
         l.set_nonblocking(true).expect("nonblocking");
         let port = l.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
