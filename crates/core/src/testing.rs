@@ -20,6 +20,12 @@
 //! it (a token reused while its socket is open, discarding more than was
 //! received): under a fuzzer a panic is a finding.
 //!
+//! It also fakes the host's other services: guestfwd connections are fake
+//! TCP sockets that record their [`GuestFwdTarget`], and the TFTP root is
+//! [`FakeHost::files`], a map from names to contents (names with a `..`
+//! component are refused, as the real host refuses paths leaving the
+//! root).
+//!
 //! [`Harness`] is a stack, a fake host and a virtual clock. Its
 //! [`Harness::run_script`] reads arbitrary bytes as a sequence of guest
 //! frames and host happenings (see [`Op`] for the format) and checks after
@@ -31,6 +37,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -40,8 +47,8 @@ use smoltcp::wire::{
     TcpRepr, UdpPacket, UdpRepr,
 };
 
-use crate::config::HostFwd;
-use crate::host::{HostEvent, HostIo, Proto, Token};
+use crate::config::{GuestFwd, HostFwd};
+use crate::host::{GuestFwdTarget, HostEvent, HostIo, Proto, Token};
 use crate::{Config, Stack};
 
 /// Most bytes a fake socket keeps in each direction.
@@ -75,6 +82,8 @@ pub struct FakeSocket {
     pub kind: SockKind,
     /// Where a TCP connect went.
     pub connect_to: Option<SocketAddr>,
+    /// The guestfwd target a guestfwd connection went to.
+    pub guestfwd: Option<GuestFwdTarget>,
     /// A connect is in progress: its completion has not been reported yet.
     pub connecting: bool,
     /// Bytes the stack sent (what the host peer received), up to
@@ -206,6 +215,16 @@ pub struct FakeHost {
     pub listening: Vec<(Token, Proto, SocketAddr)>,
     /// How the host answers.
     pub behaviour: Behaviour,
+    /// The files below the TFTP root, by name.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Open files: token to name.
+    pub open_files: BTreeMap<Token, String>,
+    /// The root the last `file_open` named.
+    pub file_root: Option<PathBuf>,
+    /// Most bytes one `file_read_at` returns (short reads), if set.
+    pub read_chunk: Option<usize>,
+    /// `file_read_at` calls so far.
+    pub file_reads: u64,
 }
 
 impl FakeHost {
@@ -457,10 +476,50 @@ impl HostIo for FakeHost {
     }
     fn close(&mut self, token: Token) {
         self.socks.remove(&token);
+        self.open_files.remove(&token);
         if self.closed.len() >= MAX_CLOSED {
             self.closed.pop_front();
         }
         self.closed.push_back(token);
+    }
+    fn tcp_connect_guestfwd(&mut self, token: Token, target: &GuestFwdTarget) -> io::Result<()> {
+        if let Some(e) = self.behaviour.connect_error {
+            return Err(e.into());
+        }
+        let sock = FakeSocket {
+            guestfwd: Some(target.clone()),
+            connecting: true,
+            ..self.new_tcp()
+        };
+        self.open(token, sock);
+        Ok(())
+    }
+    fn file_open(&mut self, token: Token, root: &Path, path: &str) -> io::Result<u64> {
+        assert!(
+            !self.open_files.contains_key(&token),
+            "HostIo contract: file token {token:?} reused while open"
+        );
+        self.file_root = Some(root.to_path_buf());
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(ErrorKind::PermissionDenied.into());
+        }
+        let len = self.files.get(path).ok_or(ErrorKind::NotFound)?.len();
+        self.open_files.insert(token, path.to_owned());
+        Ok(len as u64)
+    }
+    fn file_read_at(&mut self, token: Token, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file_reads += 1;
+        let name = self.open_files.get(&token).ok_or(ErrorKind::NotFound)?;
+        let data = self.files.get(name).ok_or(ErrorKind::NotFound)?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf
+            .len()
+            .min(data.len() - start)
+            .min(self.read_chunk.unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
     }
 }
 
@@ -750,9 +809,10 @@ impl Harness {
 
     /// The configuration a script's first byte selects: bit 0 a flow table
     /// of 4, bit 1 a TCP and a UDP port forward, bit 2 a DNS upstream, bit
-    /// 3 host loopback disabled, bit 4 the smallest MTU (576). (Bit 5 is
-    /// not configuration: [`Harness::run_script`] reads it as "fix the
-    /// checksums of every frame".)
+    /// 3 host loopback disabled, bit 4 the smallest MTU (576), bit 6 a
+    /// TFTP root (holding [`Harness::TFTP_FILES`]) and a guestfwd on
+    /// 10.0.2.100:4321. (Bit 5 is not configuration: [`Harness::run_script`]
+    /// reads it as "fix the checksums of every frame".)
     pub fn from_script_config(b: u8) -> Config {
         let mut cfg = Config::default();
         if b & 1 != 0 {
@@ -773,8 +833,23 @@ impl Harness {
         if b & 16 != 0 {
             cfg.mtu = crate::config::MIN_MTU;
         }
+        if b & 64 != 0 {
+            cfg.tftp_root = Some(PathBuf::from("/tftp"));
+            if let Ok(g) = "tcp:10.0.2.100:4321-cmd:cat".parse::<GuestFwd>() {
+                cfg.guestfwd.push(g);
+            }
+        }
         cfg
     }
+
+    /// The files of the fake TFTP root in scripts (name, size): empty, one
+    /// block, exactly two blocks, and a partial third.
+    pub const TFTP_FILES: [(&'static str, usize); 4] = [
+        ("empty", 0),
+        ("small", 100),
+        ("two", 1024),
+        ("boot/big", 1300),
+    ];
 
     /// Runs a script (see [`Op`]) from a fresh harness and checks the
     /// invariants after every step; panics on the first violation.
@@ -783,6 +858,10 @@ impl Harness {
         let b = r.byte();
         let mut h = Harness::new(Harness::from_script_config(b), Behaviour::default(), start);
         h.fix_checksums = b & 32 != 0;
+        for (name, len) in Harness::TFTP_FILES {
+            let data = (0..len).map(|i| i as u8).collect();
+            h.host.files.insert(name.to_owned(), data);
+        }
         while !r.0.is_empty() {
             let b = r.byte();
             h.step(Op::from_byte(b), &mut r);
