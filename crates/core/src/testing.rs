@@ -1060,6 +1060,124 @@ impl Harness {
     }
 }
 
+/// A frame from a guest at `mac` to the stack's MAC carrying UDP from
+/// `src` to `dst` (both of one family).
+pub fn guest_udp(
+    cfg: &Config,
+    mac: EthernetAddress,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let macs = crate::packet::Macs {
+        src: mac,
+        dst: EthernetAddress(cfg.mac),
+    };
+    let mut buf = vec![0u8; cfg.max_frame()];
+    let n = crate::packet::udp(
+        &mut buf,
+        macs,
+        (src.ip(), src.port()),
+        (dst.ip(), dst.port()),
+        payload,
+    )
+    .expect("the datagram fits a frame");
+    buf.truncate(n);
+    buf
+}
+
+/// A frame from a guest at `mac` to the stack's MAC carrying the TCP
+/// segment `repr` from `src` to `dst` (ports come from `repr`).
+pub fn guest_tcp(
+    cfg: &Config,
+    mac: EthernetAddress,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    repr: &TcpRepr,
+) -> Vec<u8> {
+    let macs = crate::packet::Macs {
+        src: mac,
+        dst: EthernetAddress(cfg.mac),
+    };
+    let mut buf = vec![0u8; cfg.max_frame()];
+    let n = crate::packet::tcp(&mut buf, macs, src, dst, repr).expect("the segment fits a frame");
+    buf.truncate(n);
+    buf
+}
+
+/// A TCP segment the stack sent, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSeen {
+    /// Source endpoint.
+    pub src: SocketAddr,
+    /// Destination endpoint.
+    pub dst: SocketAddr,
+    /// SYN, FIN, RST, PSH or none.
+    pub control: smoltcp::wire::TcpControl,
+    /// Sequence number.
+    pub seq: smoltcp::wire::TcpSeqNumber,
+    /// Acknowledgement number, if ACK is set.
+    pub ack: Option<smoltcp::wire::TcpSeqNumber>,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// The IP packet of an Ethernet frame: (source, destination, protocol,
+/// payload), for IPv4 or IPv6 (no extension headers).
+fn ip_of(frame: &[u8]) -> Option<(IpAddress, IpAddress, IpProtocol, &[u8])> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let payload = &frame[14..];
+    match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(payload).ok()?;
+            let (s, d, p) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+            let body = &payload[usize::from(ip.header_len())..usize::from(ip.total_len())];
+            Some((IpAddress::Ipv4(s), IpAddress::Ipv4(d), p, body))
+        }
+        EthernetProtocol::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(payload).ok()?;
+            let (s, d, p) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+            let body = &payload[40..40 + usize::from(ip.payload_len())];
+            Some((IpAddress::Ipv6(s), IpAddress::Ipv6(d), p, body))
+        }
+        _ => None,
+    }
+}
+
+/// The UDP datagram in a frame the stack sent: (source, destination,
+/// payload), if it is one.
+pub fn parse_udp(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let (s, d, proto, body) = ip_of(frame)?;
+    if proto != IpProtocol::Udp {
+        return None;
+    }
+    let p = UdpPacket::new_checked(body).ok()?;
+    let (sp, dp) = (p.src_port(), p.dst_port());
+    Some((
+        SocketAddr::new(s.into(), sp),
+        SocketAddr::new(d.into(), dp),
+        p.payload().to_vec(),
+    ))
+}
+
+/// The TCP segment in a frame the stack sent, if it is one.
+pub fn parse_tcp(frame: &[u8]) -> Option<TcpSeen> {
+    let (s, d, proto, body) = ip_of(frame)?;
+    if proto != IpProtocol::Tcp {
+        return None;
+    }
+    let p = TcpPacket::new_checked(body).ok()?;
+    let r = TcpRepr::parse(&p, &s, &d, &ChecksumCapabilities::default()).ok()?;
+    Some(TcpSeen {
+        src: SocketAddr::new(s.into(), r.src_port),
+        dst: SocketAddr::new(d.into(), r.dst_port),
+        control: r.control,
+        seq: r.seq_number,
+        ack: r.ack_number,
+        payload: r.payload.to_vec(),
+    })
+}
+
 /// `LINKTYPE_LINUX_SLL2`, the link type of captures taken on Linux's "any"
 /// interface.
 pub const LINKTYPE_LINUX_SLL2: u32 = 276;
