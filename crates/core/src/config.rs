@@ -2,7 +2,8 @@
 //! validation.
 //!
 //! Every field mirrors a QEMU `-nic user` option (`net=`, `host=`, `dns=`,
-//! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`) or a
+//! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`,
+//! `tftp=`, `bootfile=`, `guestfwd=`) or a
 //! slirp4netns flag (`--mtu`, `--disable-host-loopback`). [`Config::validate`]
 //! turns an inconsistent configuration into a [`ConfigError`] that names the
 //! offending flag, so the binary can print it as one line.
@@ -661,6 +662,57 @@ mod tests {
         assert!("sctp::1-:2".parse::<HostFwd>().is_err());
         assert!("tcp::1-:0".parse::<HostFwd>().is_err());
         assert!("tcp::99999-:2".parse::<HostFwd>().is_err());
+    }
+
+    #[test]
+    fn guestfwd_parsing_and_validation() {
+        let g: GuestFwd = "tcp:10.0.2.100:4321-cmd:nc -U /run/a-b:c"
+            .parse()
+            .expect("valid");
+        assert_eq!(g.addr, Some(Ipv4Addr::new(10, 0, 2, 100)));
+        assert_eq!(g.port, 4321);
+        assert_eq!(g.target, GuestFwdTarget::Cmd("nc -U /run/a-b:c".into()));
+        assert_eq!(g.to_string(), "tcp:10.0.2.100:4321-cmd:nc -U /run/a-b:c");
+        let g: GuestFwd = "tcp::22-unix:/run/ssh.sock".parse().expect("valid");
+        assert_eq!(g.addr_in(Config::default().net), Ipv4Addr::new(10, 0, 2, 4));
+        assert_eq!(g.target, GuestFwdTarget::Unix("/run/ssh.sock".into()));
+        let g: GuestFwd = "10.0.2.9:7-cmd:cat".parse().expect("protocol left out");
+        assert_eq!(g.port, 7);
+        for bad in [
+            "tcp:10.0.2.100:80",
+            "udp:10.0.2.100:80-cmd:cat",
+            "tcp:10.0.2.100:0-cmd:cat",
+            "tcp:fec0::9:80-cmd:cat",
+            "tcp:10.0.2.100:80-cmd:",
+            "tcp:10.0.2.100:80-unix:",
+            "tcp:10.0.2.100:80-dev:x",
+        ] {
+            assert!(bad.parse::<GuestFwd>().is_err(), "{bad}");
+        }
+        let with = |specs: &[&str]| Config {
+            guestfwd: specs.iter().map(|s| s.parse().expect("valid")).collect(),
+            ..Config::default()
+        };
+        assert_eq!(with(&["tcp::80-cmd:a", "tcp::81-cmd:b"]).validate(), Ok(()));
+        for bad in [
+            &["tcp:10.0.2.2:80-cmd:a"][..],
+            &["tcp:10.0.2.3:80-cmd:a"],
+            &["tcp:10.0.2.15:80-cmd:a"],
+            &["tcp:10.0.2.255:80-cmd:a"],
+            &["tcp:192.0.2.1:80-cmd:a"],
+        ] {
+            let e = with(bad).validate().expect_err("taken address");
+            assert!(e.to_string().starts_with("--guestfwd"), "{e}");
+        }
+        assert!(matches!(
+            with(&["tcp::80-cmd:a", "tcp:10.0.2.4:80-unix:/x"]).validate(),
+            Err(ConfigError::GuestFwdTwice(_))
+        ));
+        let c = Config {
+            bootfile: Some("x".repeat(BOOTFILE_MAX + 1)),
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Bootfile(_))));
     }
 
     #[test]
