@@ -1038,8 +1038,8 @@ impl Harness {
         std::mem::take(&mut self.output)
     }
 
-    /// Checks that the flow table and the host's open sockets stay within
-    /// their bounds.
+    /// Checks that the flow table, the host's open sockets and the TFTP
+    /// server's open files stay within their bounds.
     ///
     /// # Panics
     /// When they do not.
@@ -1050,6 +1050,11 @@ impl Harness {
             "{} flows, above max_flows {}",
             self.stack.flow_count(),
             cfg.max_flows
+        );
+        assert!(
+            self.host.open_files.len() <= crate::tftp::MAX_SESSIONS,
+            "{} files open, above the TFTP transfer limit",
+            self.host.open_files.len()
         );
         let limit = cfg.max_flows + self.host.listening.len();
         assert!(

@@ -390,3 +390,26 @@ fn guestfwd_target_failing_at_once_resets_the_guest() {
     assert_eq!(rst.control, TcpControl::Rst);
     assert!(h.host.socks.is_empty());
 }
+
+#[test]
+fn scripts_with_config_bit_6_reach_the_tftp_server() {
+    let mut frame_buf = [0u8; 64];
+    let n = rrq("small", Options::default())
+        .emit(&mut frame_buf)
+        .expect("fits");
+    let cfg = Harness::from_script_config(0x40);
+    let f = testing::guest_udp(
+        &cfg,
+        GUEST_MAC,
+        sa("10.0.2.15:1000"),
+        sa("10.0.2.2:69"),
+        &frame_buf[..n],
+    );
+    let mut script = vec![0x40];
+    script.extend(testing::Op::encode_frame(&f));
+    // Time passes past every retransmission.
+    script.extend([testing::Op::Time as u8, 255].repeat(usize::from(tftp::MAX_RETRIES) + 2));
+    let h = Harness::run_script(Instant::now(), &script);
+    assert!(h.host.file_reads > 0, "the transfer read the file");
+    assert!(h.host.open_files.is_empty(), "and gave up in the end");
+}
