@@ -1,5 +1,5 @@
 //! Issue 8's core features against a real QEMU guest: the read-only TFTP
-//! server (`--tftp`, busybox `tftp`), the boot file in DHCP (`--bootfile`),
+//! server (`--tftp`, busybox `tftp`, over IPv4 and IPv6), the boot file in DHCP (`--bootfile`),
 //! and guestfwd to a command and to a unix socket (`--guestfwd`, busybox
 //! `nc`). Run through `scripts/test.sh`, which provides the guest and the
 //! isolated network namespace.
@@ -64,12 +64,15 @@ fn tftp_download_refusals_and_bootfile() {
     let want = sha256_of(&root.join("boot/blob"));
 
     let root_arg = root.to_str().expect("utf-8 temp path");
-    let mut un = Usernet::spawn(&["--tftp", root_arg, "--bootfile", "boot/pxelinux.0"]);
+    let mut un = Usernet::spawn(&["--tftp", root_arg, "--bootfile", "boot/pxelinux.0", "-v"]);
     let scenario = "udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/bootfile.sh
 cd /tmp
 timeout 120 tftp -g -r boot/blob -l plain 10.0.2.2; echo plain.rc=$?
 timeout 120 tftp -g -b 1024 -r boot/blob -l big 10.0.2.2; echo big.rc=$?
-sha256sum plain big
+i=0
+while ! ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+timeout 120 tftp -g -b 1400 -r boot/blob -l v6 fec0::2; echo v6.rc=$?
+sha256sum plain big v6
 timeout 30 tftp -g -r ../../etc/passwd -l t1 10.0.2.2; echo dotdot.rc=$?
 timeout 30 tftp -g -r /etc/passwd -l t2 10.0.2.2; echo absolute.rc=$?
 timeout 30 tftp -g -r escape -l t3 10.0.2.2; echo symlink.rc=$?
@@ -89,7 +92,12 @@ cat t1 t2 t3 2>/dev/null | grep -c 'outside the root\\|root:' | sed 's/^/leaked=
     assert_eq!(field(&out, "siaddr"), Some("10.0.2.2"), "{out}");
     assert_eq!(field(&out, "plain.rc"), Some("0"), "{out}");
     assert_eq!(field(&out, "big.rc"), Some("0"), "{out}");
-    for name in ["plain", "big"] {
+    assert_eq!(
+        field(&out, "v6.rc"),
+        Some("0"),
+        "over IPv6 from fec0::2:\n{out}"
+    );
+    for name in ["plain", "big", "v6"] {
         let got = out.lines().find_map(|l| {
             let (hash, file) = l.trim().split_once(char::is_whitespace)?;
             (file.trim() == name && hash.len() == 64).then_some(hash)
@@ -104,6 +112,14 @@ cat t1 t2 t3 2>/dev/null | grep -c 'outside the root\\|root:' | sed 's/^/leaked=
         );
     }
     assert_eq!(field(&out, "leaked"), Some("0"), "{out}");
+    // `-b` went through option negotiation (the debug log shows the OACK).
+    let log = un.log();
+    for size in [1024, 1400] {
+        assert!(
+            log.contains(&format!("blksize: Some({size})")),
+            "no OACK with blksize {size} in the log:\n{log}"
+        );
+    }
     assert!(
         !root.join("upload").exists(),
         "a write request created a file"
