@@ -8,6 +8,7 @@
 //! | gateway (`--host`, `--ipv6-host`) | host loopback (127.0.0.1, ::1), same port (refused with `--disable-host-loopback`) |
 //! | DNS address (`--dns`, `--ipv6-dns`), port 53 | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
 //! | gateway/DNS, ICMP echo   | answered by the stack itself              |
+//! | a `--guestfwd` address and port, TCP | that guestfwd's command or socket |
 //! | other address in `--net`/`--ipv6-net` | refused (nobody is there) |
 //! | loopback (127.0.0.0/8, `::1`) or IPv4-mapped IPv6 | refused: the host's loopback is reached only as the gateway, so `--disable-host-loopback` and the egress rules cannot be sidestepped |
 //! | broadcast, multicast, other link-local | dropped                   |
@@ -51,6 +52,8 @@ pub enum Verdict {
     Dns,
     /// Answered by the stack itself (ICMP echo to its own addresses).
     Local,
+    /// Carried to the host command or socket of `Config::guestfwd[i]`.
+    GuestFwd(usize),
     /// Refuse: RST for TCP, ICMP unreachable otherwise.
     Refuse,
     /// Refused by the egress rules (`--restrict`, `--deny`): RST for TCP,
@@ -106,6 +109,14 @@ fn route(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
             _ if dst.port() == 53 => Verdict::Dns,
             _ => Verdict::Refuse,
         };
+    }
+    if proto == Proto::Tcp
+        && let Some(i) = cfg
+            .guestfwd
+            .iter()
+            .position(|g| g.addr_in(cfg.net) == ip && g.port == dst.port())
+    {
+        return Verdict::GuestFwd(i);
     }
     if cfg.net.contains(ip) {
         return Verdict::Refuse;
@@ -187,6 +198,13 @@ mod tests {
             disable_dns: true,
             ..Config::default()
         };
+        let fwd = Config {
+            guestfwd: vec![
+                "tcp:10.0.2.100:4321-cmd:cat".parse().expect("guestfwd"),
+                "tcp::80-unix:/run/x.sock".parse().expect("guestfwd"),
+            ],
+            ..Config::default()
+        };
         let table: &[(&Config, Proto, &str, Verdict)] = &[
             (&no_dns, Proto::Udp, "10.0.2.3:53", Verdict::Refuse),
             (&no_dns, Proto::Udp, "[fec0::3]:53", Verdict::Refuse),
@@ -210,6 +228,17 @@ mod tests {
             (&cfg, Proto::Tcp, "10.0.2.3:80", Verdict::Refuse),
             (&cfg, Proto::Icmp, "10.0.2.3:0", Verdict::Local),
             (&cfg, Proto::Tcp, "10.0.2.77:80", Verdict::Refuse),
+            (&fwd, Proto::Tcp, "10.0.2.100:4321", Verdict::GuestFwd(0)),
+            (&fwd, Proto::Tcp, "10.0.2.4:80", Verdict::GuestFwd(1)),
+            (&fwd, Proto::Tcp, "10.0.2.100:4322", Verdict::Refuse),
+            (&fwd, Proto::Udp, "10.0.2.100:4321", Verdict::Refuse),
+            (&fwd, Proto::Icmp, "10.0.2.100:0", Verdict::Refuse),
+            (
+                &fwd,
+                Proto::Tcp,
+                "10.0.2.2:4321",
+                Verdict::Host(sa("127.0.0.1:4321")),
+            ),
             (&cfg, Proto::Udp, "10.0.2.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "255.255.255.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "224.0.0.251:5353", Verdict::Drop),

@@ -8,6 +8,8 @@
 //! - [`netns`]: opening that tap inside another network namespace, and
 //!   starting a command in new namespaces;
 //! - [`pcap`]: the `--pcap` capture;
+//! - [`guestfwd`] and [`files`]: the host side of guestfwd connections and
+//!   of the TFTP server's files;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -15,6 +17,8 @@
 //! mio's `usize` tokens.
 
 pub mod event_loop;
+pub mod files;
+pub mod guestfwd;
 pub mod netns;
 pub mod pcap;
 pub mod sockets;
