@@ -8,6 +8,8 @@
 //! - [`netns`]: opening that tap inside another network namespace, and
 //!   starting a command in new namespaces;
 //! - [`pcap`]: the `--pcap` capture;
+//! - [`sandbox`]: no-new-privs and the seccomp filter entered once set-up
+//!   is done;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -17,6 +19,7 @@
 pub mod event_loop;
 pub mod netns;
 pub mod pcap;
+pub mod sandbox;
 pub mod sockets;
 pub mod stream;
 pub mod tap;
