@@ -189,6 +189,10 @@ pub struct StackArgs {
     /// Capture every frame on the guest link to this pcap file.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Do not enter the sandbox (no-new-privs and a seccomp filter) once
+    /// set up.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 /// QEMU's `on|off` switches.
