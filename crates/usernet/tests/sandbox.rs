@@ -6,10 +6,13 @@
 //! `--enable-sandbox` also leaves usernet in an empty mount namespace with
 //! only `CAP_NET_BIND_SERVICE`, where the API still adds forwards.
 //!
-//! The other end-to-end tests (NAT, DNS, ping, forwards, the API, QEMU
-//! reconnecting, podman) all run sandboxed, since it is the default.
+//! The other end-to-end tests (NAT, DNS, ping, forwards, the API, the
+//! capture, the exit fd, podman) all run sandboxed, since it is the
+//! default.
 mod common;
 
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -63,6 +66,48 @@ fn terminate(p: &mut Proc) -> ExitStatus {
     }
 }
 
+/// Connects to usernet's QEMU socket as a guest (52:54:00:12:34:56,
+/// 10.0.2.15), asks who has the gateway 10.0.2.2 and waits (bounded) for
+/// the ARP reply; then disconnects.
+fn gateway_answers_arp(socket: &std::path::Path) -> bool {
+    let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[10, 0, 2, 15, 0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
+    let mut c = UnixStream::connect(socket).expect("connect to the QEMU socket");
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    c.write_all(&u32::try_from(frame.len()).expect("len").to_be_bytes())
+        .expect("write");
+    c.write_all(&frame).expect("write");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut buf = [0u8; 2048];
+        match c.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        // Length-prefixed frames: look for an ARP reply (opcode 2).
+        let mut at = 0;
+        while let Some(len) = got.get(at..at + 4) {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let Some(f) = got.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
+                return true;
+            }
+            at += 4 + len;
+        }
+    }
+    false
+}
+
 #[test]
 fn qemu_mode_is_sandboxed_unless_no_sandbox() {
     let me = std::process::id().to_string();
@@ -75,6 +120,12 @@ fn qemu_mode_is_sandboxed_unless_no_sandbox() {
         "{}",
         un.log()
     );
+    // A QEMU client that goes away and comes back is accepted again, and
+    // the gateway answers its ARP request each time.
+    for _ in 0..2 {
+        assert!(gateway_answers_arp(un.socket()), "log:\n{}", un.log());
+    }
+    un.assert_running();
     // SIGINT/SIGTERM still end it cleanly, removing its socket.
     let socket = un.socket().to_owned();
     let st = un.stop();
