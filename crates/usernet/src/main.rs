@@ -12,7 +12,8 @@
 //! `--no-sandbox`.
 //!
 //! Exit codes: 0 after SIGINT/SIGTERM, 1 when serving fails (cannot bind
-//! the socket, cannot listen for a port forward, cannot set up the tap), 2
+//! the socket, cannot listen for a port forward, cannot set up the tap or
+//! enter the sandbox), 159 when the sandbox denied a system call, 2
 //! for a bad command line or configuration (1 in slirp4netns mode, as
 //! slirp4netns); `ns` exits with its command's status (128 + signal if it
 //! was killed). Errors are one line on stderr, starting `usernet: `.
