@@ -50,7 +50,10 @@
 //!
 //! Not used, so not allowed: `readv`/`writev`, `recvmsg`/`sendmsg`,
 //! `recvmmsg`/`sendmmsg`, `getsockname`/`getpeername`; batching I/O
-//! would add them here.
+//! would add them here. `unlink` is the one call left that changes files
+//! (seccomp cannot look at a path): a subverted usernet could delete what
+//! its user may delete, though it can neither read nor write a file.
+//!
 //! Nothing else: no `open` of new files (unless [`Sandbox::read_files`]),
 //! no `execve`, `clone`/`fork`, `setns`, `unshare`, `mount`, `ptrace` or
 //! `socket(AF_NETLINK/AF_PACKET)`. usernet does not re-read
@@ -61,13 +64,20 @@
 //! forked before [`Sandbox::enter`] (or the sandbox turned off); widening
 //! the filter with `clone`/`execve` would undo most of it.
 //!
+//! The filter costs little: since Linux 5.11 the kernel caches which
+//! calls the filter allows whatever their arguments, so the hot ones
+//! (`recvfrom`, `sendto`, `epoll_wait`) skip it; calls with argument rules
+//! (`ioctl`, `fcntl`, `socket`, `mmap`, `mprotect`) run a few dozen BPF
+//! instructions.
+//!
 //! # A denied system call
 //! The filter's action for anything else is `SECCOMP_RET_TRAP`: the kernel
 //! does not run the call and sends `SIGSYS`, whose handler (installed by
 //! [`Sandbox::enter`]) writes one line naming the system call's number,
 //! e.g. `usernet: sandbox: system call 257 denied ...`, and exits with
 //! status 159 (128 + `SIGSYS`, what a shell reports for a process killed
-//! by it). A silent `SECCOMP_RET_KILL_PROCESS` would leave only an audit
+//! by it); `usernet ns`'s command then runs on without a network, as after
+//! a crash. A silent `SECCOMP_RET_KILL_PROCESS` would leave only an audit
 //! record, and `SECCOMP_RET_ERRNO` would turn a missing rule into an error
 //! that a caller may retry forever or ignore. To see the call and its
 //! arguments: `strace -f usernet ...`, or `--no-sandbox` to run without.
