@@ -10,6 +10,8 @@
 //! - [`pcap`]: the `--pcap` capture;
 //! - [`guestfwd`] and [`files`]: the host side of guestfwd connections and
 //!   of the TFTP server's files;
+//! - [`sandbox`]: no-new-privs and the seccomp filter entered once set-up
+//!   is done;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -21,6 +23,7 @@ pub mod files;
 pub mod guestfwd;
 pub mod netns;
 pub mod pcap;
+pub mod sandbox;
 pub mod sockets;
 pub mod stream;
 pub mod tap;

@@ -125,7 +125,8 @@ pub struct QemuArgs {
     pub stack: StackArgs,
 }
 
-/// Options every mode shares: the guest network, its services, capture.
+/// Options every mode shares: the guest network, its services, capture,
+/// the sandbox.
 #[derive(Debug, Args)]
 pub struct StackArgs {
     /// Guest network.
@@ -201,6 +202,10 @@ pub struct StackArgs {
     /// --net) to a command's stdin/stdout or a unix socket (repeatable).
     #[arg(long, value_name = "tcp:[ADDR]:PORT-cmd:CMD|unix:PATH")]
     pub guestfwd: Vec<GuestFwd>,
+    /// Do not enter the sandbox (no-new-privs and a seccomp filter) once
+    /// set up.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// `--restrict`, `--allow`, `--deny`.
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -493,6 +498,15 @@ mod tests {
         assert_eq!(c.host, Ipv4Addr::new(10, 1, 2, 2));
         assert_eq!(c.dns, Ipv4Addr::new(10, 1, 0, 53));
         assert_eq!(c.dhcpstart, Ipv4Addr::new(10, 1, 2, 15));
+    }
+
+    #[test]
+    fn sandbox_is_on_unless_no_sandbox() {
+        assert!(!qemu(&[]).expect("parses").no_sandbox);
+        assert!(qemu(&["--no-sandbox"]).expect("parses").no_sandbox);
+        let cli = parse(["usernet", "ns", "--no-sandbox", "--", "true"]).expect("parses");
+        assert!(matches!(cli.command, Command::Ns(n) if n.stack.no_sandbox));
+        assert!(usage(&["--no-sandbox=yes"]).contains("--no-sandbox"));
     }
 
     #[test]
