@@ -24,7 +24,15 @@
 //! ICMP "administratively prohibited". The stack's own services (DHCP, NDP
 //! and router advertisements, DHCPv6, the DNS forwarder, echo replies from
 //! its own addresses) are not egress and never checked, and neither are
-//! port-forwarded connections, which the host opens.
+//! port-forwarded connections, which the host opens. One service is half
+//! egress: a query the DNS forwarder cannot answer from `--dns-host` goes
+//! to the upstream resolver, and a guest could tunnel data out through
+//! the names it asks for. So forwarding is checked too
+//! ([`dns_forwarding_allowed`], the rules applied to the DNS address and
+//! port 53): under `--restrict` the guest gets only the locally
+//! configured names (REFUSED for the rest) unless `--allow 10.0.2.3:53`
+//! (or `[fec0::3]:53`) lets its queries out, and `--deny 10.0.2.3:53`
+//! stops forwarding without `--restrict`.
 //!
 //! [`guest_visible_source`] is the inbound half: the address the guest sees
 //! a port-forwarded client connect from.
@@ -82,6 +90,13 @@ fn egress_allowed(cfg: &Config, proto: Proto, dst: SocketAddr) -> bool {
         .iter()
         .find(|rule| rule.matches(dst.ip(), port))
         .map_or(!cfg.restrict, |rule| rule.allow)
+}
+
+/// Whether a DNS query the guest sent to `dst` (the DNS address, port 53)
+/// and that the forwarder cannot answer itself may go to the upstream
+/// resolver: the egress rules, as for any flow to `dst`.
+pub fn dns_forwarding_allowed(cfg: &Config, proto: Proto, dst: SocketAddr) -> bool {
+    egress_allowed(cfg, proto, dst)
 }
 
 /// The table without the egress rules.
@@ -257,6 +272,30 @@ mod tests {
         ];
         for (cfg, proto, dst, want) in table {
             assert_eq!(outbound(cfg, *proto, sa(dst)), *want, "{proto:?} to {dst}");
+        }
+    }
+
+    #[test]
+    fn dns_forwarding_follows_the_egress_rules() {
+        use Proto::{Tcp, Udp};
+        let table = [
+            (rules(false, &[]), Udp, "10.0.2.3:53", true),
+            (rules(true, &[]), Udp, "10.0.2.3:53", false),
+            (rules(true, &[]), Tcp, "[fec0::3]:53", false),
+            (rules(true, &["+10.0.2.3:53"]), Udp, "10.0.2.3:53", true),
+            (rules(true, &["+10.0.2.3:53"]), Udp, "[fec0::3]:53", false),
+            (rules(true, &["+10.0.2.0/24"]), Tcp, "10.0.2.3:53", true),
+            (rules(false, &["-10.0.2.3:53"]), Udp, "10.0.2.3:53", false),
+            (rules(false, &["-10.0.2.2"]), Udp, "10.0.2.3:53", true),
+        ];
+        for (cfg, proto, dst, want) in &table {
+            assert_eq!(
+                dns_forwarding_allowed(cfg, *proto, sa(dst)),
+                *want,
+                "{proto:?} to {dst} with restrict={} {:?}",
+                cfg.restrict,
+                cfg.egress
+            );
         }
     }
 

@@ -623,6 +623,29 @@ impl Stack {
         }
     }
 
+    /// Where a UDP DNS query to `remote` (a DNS address) goes: the
+    /// upstream resolver, or (`Err`) answered here with this reply (a
+    /// `--dns-host` name; REFUSED when the egress rules keep queries from
+    /// the upstream; SERVFAIL with no upstream; nothing if malformed).
+    fn dns_upstream_for(
+        &mut self,
+        query: &[u8],
+        remote: SocketAddr,
+    ) -> Result<SocketAddr, Option<Vec<u8>>> {
+        if let Some(answer) = dns::local_answer(query, &self.cfg.dns_hosts) {
+            return Err(Some(answer));
+        }
+        if !nat::dns_forwarding_allowed(&self.cfg, Proto::Udp, remote) {
+            self.egress_refused(Proto::Udp, remote);
+            return Err(dns::refused(query));
+        }
+        self.cfg
+            .dns_upstreams
+            .first()
+            .copied()
+            .ok_or_else(|| dns::servfail(query))
+    }
+
     /// ICMP(v6) "destination unreachable" back to the guest for a packet it
     /// sent from `guest` to `remote` (`l4`: the start of its transport
     /// header, quoted after a rebuilt IP header).
@@ -703,39 +726,24 @@ impl Stack {
             None => {
                 let kind = match nat::outbound(&self.cfg, Proto::Udp, remote) {
                     Verdict::Host(dst) => udp::Kind::Outbound(dst),
-                    Verdict::Dns => {
-                        if let Some(answer) = dns::local_answer(payload, &self.cfg.dns_hosts) {
-                            let macs = self.macs();
-                            self.out.push_with(|buf| {
-                                packet::udp(
-                                    buf,
-                                    macs,
-                                    (remote.ip(), 53),
-                                    (guest.ip(), guest.port()),
-                                    &answer,
-                                )
-                            });
+                    Verdict::Dns => match self.dns_upstream_for(payload, remote) {
+                        Ok(up) => udp::Kind::Dns(up),
+                        Err(reply) => {
+                            if let Some(reply) = reply {
+                                let macs = self.macs();
+                                self.out.push_with(|buf| {
+                                    packet::udp(
+                                        buf,
+                                        macs,
+                                        (remote.ip(), 53),
+                                        (guest.ip(), guest.port()),
+                                        &reply,
+                                    )
+                                });
+                            }
                             return;
                         }
-                        match self.cfg.dns_upstreams.first() {
-                            Some(up) => udp::Kind::Dns(*up),
-                            None => {
-                                if let Some(fail) = dns::servfail(payload) {
-                                    let macs = self.macs();
-                                    self.out.push_with(|buf| {
-                                        packet::udp(
-                                            buf,
-                                            macs,
-                                            (remote.ip(), 53),
-                                            (guest.ip(), guest.port()),
-                                            &fail,
-                                        )
-                                    });
-                                }
-                                return;
-                            }
-                        }
-                    }
+                    },
                     verdict @ (Verdict::Refuse | Verdict::Prohibit) => {
                         let code = if verdict == Verdict::Prohibit {
                             self.egress_refused(Proto::Udp, remote);
@@ -822,6 +830,10 @@ impl Stack {
         let target = match nat::outbound(&self.cfg, Proto::Tcp, remote) {
             Verdict::Host(dst) => Connect::Addr(dst),
             Verdict::GuestFwd(i) => Connect::GuestFwd(i),
+            Verdict::Dns if !nat::dns_forwarding_allowed(&self.cfg, Proto::Tcp, remote) => {
+                self.egress_refused(Proto::Tcp, remote);
+                return self.reset(guest, remote, seg);
+            }
             Verdict::Dns => match self.cfg.dns_upstreams.first() {
                 Some(up) => Connect::Addr(*up),
                 None => return self.reset(guest, remote, seg),
