@@ -2,18 +2,19 @@
 //! validation.
 //!
 //! Every field mirrors a QEMU `-nic user` option (`net=`, `host=`, `dns=`,
-//! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`) or a
-//! slirp4netns flag (`--mtu`, `--disable-host-loopback`), and `restrict=`
-//! grows usernet's own egress rules (`--allow`/`--deny`, [`EgressRule`]).
-//! [`Config::validate`]
+//! `dhcpstart=`, `hostname=`, `domainname=`, `dnssearch=`, `hostfwd=`,
+//! `tftp=`, `bootfile=`, `guestfwd=`) or a slirp4netns flag (`--mtu`,
+//! `--disable-host-loopback`), and `restrict=` grows usernet's own egress
+//! rules (`--allow`/`--deny`, [`EgressRule`]). [`Config::validate`]
 //! turns an inconsistent configuration into a [`ConfigError`] that names the
 //! offending flag, so the binary can print it as one line.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::host::Proto;
+use crate::host::{GuestFwdTarget, Proto};
 
 /// An IPv4 network: address and prefix length (`10.0.2.0/24`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +197,73 @@ impl std::fmt::Display for HostFwd {
             self.host.port(),
             self.guest_port
         )
+    }
+}
+
+/// A guest TCP service carried to a host command or socket (QEMU's
+/// `guestfwd=`): the guest's connections to `addr:port` are not NAT'ed but
+/// handed to `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestFwd {
+    /// The address in the guest network; `None` means host 4 of `--net`
+    /// (10.0.2.4), as libslirp.
+    pub addr: Option<Ipv4Addr>,
+    /// The port.
+    pub port: u16,
+    /// Where each connection goes.
+    pub target: GuestFwdTarget,
+}
+
+impl GuestFwd {
+    /// The guest-side address for network `net`.
+    pub fn addr_in(&self, net: Ipv4Net) -> Ipv4Addr {
+        self.addr.unwrap_or_else(|| {
+            Ipv4Addr::from(u32::from(net.network()) | (0x204 & !u32::from(net.mask())))
+        })
+    }
+}
+
+impl FromStr for GuestFwd {
+    type Err = String;
+    /// Parses `tcp:[ADDR]:PORT-cmd:CMD` or `tcp:[ADDR]:PORT-unix:PATH`
+    /// (the protocol may be left out; only TCP exists, as in QEMU).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "'{s}': {why} (expected tcp:[ADDR]:PORT-cmd:COMMAND or tcp:[ADDR]:PORT-unix:PATH)"
+            )
+        };
+        let (guest, target) = s.split_once('-').ok_or_else(|| bad("missing '-'"))?;
+        let rest = match guest.split_once(':') {
+            Some(("tcp" | "", r)) if r.contains(':') => r,
+            Some((p, _)) if guest.matches(':').count() >= 2 => {
+                return Err(bad(&format!("protocol '{p}' is not tcp")));
+            }
+            _ => guest,
+        };
+        let (addr, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing port"))?;
+        let addr = if addr.is_empty() {
+            None
+        } else {
+            Some(addr.parse().map_err(|_| bad("bad IPv4 address"))?)
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(bad("bad port")),
+        };
+        let target = match target.split_once(':') {
+            Some(("cmd", c)) if !c.trim().is_empty() => GuestFwdTarget::Cmd(c.to_owned()),
+            Some(("unix", p)) if !p.is_empty() => GuestFwdTarget::Unix(PathBuf::from(p)),
+            _ => return Err(bad("bad target")),
+        };
+        Ok(GuestFwd { addr, port, target })
+    }
+}
+
+impl std::fmt::Display for GuestFwd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addr = self.addr.map(|a| a.to_string()).unwrap_or_default();
+        write!(f, "tcp:{addr}:{}-{}", self.port, self.target)
     }
 }
 
@@ -446,6 +514,14 @@ pub struct Config {
     pub seed: u64,
     /// The MAC address the stack uses for itself.
     pub mac: [u8; 6],
+    /// Directory served read-only by TFTP at the gateway addresses
+    /// (`tftp=`); `None` turns the TFTP server off.
+    pub tftp_root: Option<PathBuf>,
+    /// Boot file name in DHCP replies' `file` field (`bootfile=`).
+    pub bootfile: Option<String>,
+    /// Guest TCP services carried to host commands or sockets
+    /// (`guestfwd=`).
+    pub guestfwd: Vec<GuestFwd>,
 }
 
 impl Default for Config {
@@ -483,6 +559,9 @@ impl Default for Config {
             seed: 0x7573_6572_6e65_7421,
             // QEMU's slirp uses 52:55:0a:00:02:02 style addresses.
             mac: [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02],
+            tftp_root: None,
+            bootfile: None,
+            guestfwd: Vec::new(),
         }
     }
 }
@@ -529,7 +608,20 @@ pub enum ConfigError {
     /// `--max-flows` of zero.
     #[error("--max-flows 0: expected at least 1")]
     MaxFlows,
+    /// The boot file name does not fit the BOOTP `file` field.
+    #[error("--bootfile {0}: longer than 127 bytes or holds a NUL")]
+    Bootfile(String),
+    /// A guestfwd address outside the network or taken by the stack.
+    #[error("--guestfwd {0}: {1} is not a free address of --net {2}/{3}")]
+    GuestFwdAddr(String, Ipv4Addr, Ipv4Addr, u8),
+    /// Two guestfwds on the same address and port.
+    #[error("--guestfwd {0}: address and port given twice")]
+    GuestFwdTwice(String),
 }
+
+/// The longest boot file name: the BOOTP `file` field is 128 bytes with
+/// its terminating NUL.
+pub const BOOTFILE_MAX: usize = 127;
 
 /// The smallest MTU accepted (IPv4's minimum datagram size).
 pub const MIN_MTU: u32 = 576;
@@ -574,6 +666,12 @@ impl Config {
         if !self.ipv4 && !self.ipv6 {
             return Err(ConfigError::NoFamily);
         }
+        if let Some(b) = &self.bootfile
+            && (b.len() > BOOTFILE_MAX || b.contains('\0'))
+        {
+            return Err(ConfigError::Bootfile(b.clone()));
+        }
+        self.validate_guestfwd()?;
         if self.ipv6 {
             let n6 = self.ipv6_net;
             if !n6.contains(self.ipv6_host) {
@@ -595,6 +693,33 @@ impl Config {
             }
             if self.mtu < 1280 {
                 return Err(ConfigError::Ipv6Mtu(self.mtu));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_guestfwd(&self) -> Result<(), ConfigError> {
+        let n = self.net;
+        let taken = [
+            self.host,
+            self.dns,
+            self.dhcpstart,
+            n.network(),
+            n.broadcast(),
+        ];
+        for (i, g) in self.guestfwd.iter().enumerate() {
+            let ip = g.addr_in(n);
+            if !n.contains(ip) || taken.contains(&ip) {
+                return Err(ConfigError::GuestFwdAddr(
+                    g.to_string(),
+                    ip,
+                    n.network(),
+                    n.prefix,
+                ));
+            }
+            let same = |o: &GuestFwd| o.addr_in(n) == ip && o.port == g.port;
+            if self.guestfwd[..i].iter().any(same) {
+                return Err(ConfigError::GuestFwdTwice(g.to_string()));
             }
         }
         Ok(())
@@ -758,6 +883,57 @@ mod tests {
         assert!(!any6.matches(ip("10.0.2.2"), Some(443)));
         let all4 = EgressRule::parse(false, "0.0.0.0/0").expect("valid");
         assert!(all4.matches(ip("255.255.255.255"), None));
+    }
+
+    #[test]
+    fn guestfwd_parsing_and_validation() {
+        let g: GuestFwd = "tcp:10.0.2.100:4321-cmd:nc -U /run/a-b:c"
+            .parse()
+            .expect("valid");
+        assert_eq!(g.addr, Some(Ipv4Addr::new(10, 0, 2, 100)));
+        assert_eq!(g.port, 4321);
+        assert_eq!(g.target, GuestFwdTarget::Cmd("nc -U /run/a-b:c".into()));
+        assert_eq!(g.to_string(), "tcp:10.0.2.100:4321-cmd:nc -U /run/a-b:c");
+        let g: GuestFwd = "tcp::22-unix:/run/ssh.sock".parse().expect("valid");
+        assert_eq!(g.addr_in(Config::default().net), Ipv4Addr::new(10, 0, 2, 4));
+        assert_eq!(g.target, GuestFwdTarget::Unix("/run/ssh.sock".into()));
+        let g: GuestFwd = "10.0.2.9:7-cmd:cat".parse().expect("protocol left out");
+        assert_eq!(g.port, 7);
+        for bad in [
+            "tcp:10.0.2.100:80",
+            "udp:10.0.2.100:80-cmd:cat",
+            "tcp:10.0.2.100:0-cmd:cat",
+            "tcp:fec0::9:80-cmd:cat",
+            "tcp:10.0.2.100:80-cmd:",
+            "tcp:10.0.2.100:80-unix:",
+            "tcp:10.0.2.100:80-dev:x",
+        ] {
+            assert!(bad.parse::<GuestFwd>().is_err(), "{bad}");
+        }
+        let with = |specs: &[&str]| Config {
+            guestfwd: specs.iter().map(|s| s.parse().expect("valid")).collect(),
+            ..Config::default()
+        };
+        assert_eq!(with(&["tcp::80-cmd:a", "tcp::81-cmd:b"]).validate(), Ok(()));
+        for bad in [
+            &["tcp:10.0.2.2:80-cmd:a"][..],
+            &["tcp:10.0.2.3:80-cmd:a"],
+            &["tcp:10.0.2.15:80-cmd:a"],
+            &["tcp:10.0.2.255:80-cmd:a"],
+            &["tcp:192.0.2.1:80-cmd:a"],
+        ] {
+            let e = with(bad).validate().expect_err("taken address");
+            assert!(e.to_string().starts_with("--guestfwd"), "{e}");
+        }
+        assert!(matches!(
+            with(&["tcp::80-cmd:a", "tcp:10.0.2.4:80-unix:/x"]).validate(),
+            Err(ConfigError::GuestFwdTwice(_))
+        ));
+        let c = Config {
+            bootfile: Some("x".repeat(BOOTFILE_MAX + 1)),
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Bootfile(_))));
     }
 
     #[test]

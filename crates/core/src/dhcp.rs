@@ -542,6 +542,15 @@ fn reply(
         req.msg.ciaddr()
     };
     let mut m = skeleton(req, yiaddr, cfg.host, ciaddr, o);
+    if let Some(file) = cfg
+        .bootfile
+        .as_ref()
+        .filter(|f| f.len() <= crate::config::BOOTFILE_MAX)
+    {
+        // The BOOTP `file` field, as libslirp's `bootfile=` (the check
+        // keeps dhcproto's length assertion and the field's NUL safe).
+        m.set_fname_str(file);
+    }
     let mut payload = encode(&m)?;
     for drop in [
         OptionCode::DomainSearch,
@@ -744,6 +753,28 @@ mod tests {
         assert_eq!(opt(&r, 15), Some(b"example.test".to_vec()));
         let search = hex("07 6578616d706c65 04 74657374 00  04 636f7270 c000");
         assert_eq!(opt(&r, 119), Some(search));
+    }
+
+    #[test]
+    fn bootfile_goes_in_the_file_field() {
+        let cfg = Config {
+            bootfile: Some("pxelinux.0".into()),
+            ..Config::default()
+        };
+        let mut s = Server::new(&cfg);
+        let r = s
+            .handle(&cfg, Instant::now(), MAC1, &udhcpc_discover())
+            .expect("offer");
+        // `file` is bytes 108..236 of the BOOTP header, NUL-padded.
+        assert_eq!(&r.payload[108..118], b"pxelinux.0");
+        assert!(r.payload[118..236].iter().all(|&b| b == 0));
+        let r = Server::new(&Config::default())
+            .handle(&Config::default(), Instant::now(), MAC1, &udhcpc_discover())
+            .expect("offer");
+        assert!(
+            r.payload[108..236].iter().all(|&b| b == 0),
+            "no file by default"
+        );
     }
 
     #[test]

@@ -131,8 +131,19 @@ pub fn local_answer(query: &[u8], hosts: &[DnsHost]) -> Option<Vec<u8>> {
 /// A SERVFAIL reply to a query (same id and question), for when no upstream
 /// answers; `None` if the query is malformed.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    error_reply(query, ResponseCode::ServFail)
+}
+
+/// A REFUSED reply to a query, for when the egress rules keep it from the
+/// upstream; `None` if the query is malformed.
+pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
+    error_reply(query, ResponseCode::Refused)
+}
+
+/// A reply with no answers and `code` (same id and question).
+fn error_reply(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
     let msg = parse_query(query)?;
-    response_to(&msg, ResponseCode::ServFail).to_vec().ok()
+    response_to(&msg, code).to_vec().ok()
 }
 
 #[cfg(test)]

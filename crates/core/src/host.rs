@@ -5,8 +5,18 @@
 //! reports readiness back as [`HostEvent`]s carrying the same token. Every
 //! call is non-blocking: "would block" is `Err(ErrorKind::WouldBlock)`, a
 //! value, never a wait. Tests implement this trait with in-memory fakes.
+//!
+//! Besides sockets, two services reach the host through here: a guestfwd
+//! connection ([`HostIo::tcp_connect_guestfwd`]) is a TCP flow whose host
+//! side is a command's stdin/stdout or a unix socket instead of a TCP
+//! connect, and the TFTP server reads files ([`HostIo::file_open`],
+//! [`HostIo::file_read_at`]) below its root, where the implementation, not
+//! the core, enforces that no path escapes the root. Both have default
+//! implementations that refuse, so a driver without them still builds.
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// The core's name for one host socket (a flow's socket or a listener).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,6 +47,36 @@ pub enum Proto {
     Tcp,
     /// UDP (datagram).
     Udp,
+}
+
+/// Where a guestfwd connection goes on the host.
+///
+/// The core treats every kind alike: after
+/// [`HostIo::tcp_connect_guestfwd`] the token is a stream like any TCP
+/// socket (`tcp_send`, `tcp_peek`, ...). A new kind (libslirp's
+/// callback-driven `slirp_add_guestfwd`) is a new variant that only the
+/// drivers interpret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GuestFwdTarget {
+    /// A command run by `sh -c` per connection, the connection on its
+    /// stdin and stdout.
+    Cmd(String),
+    /// A unix stream socket to connect to per connection.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for GuestFwdTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestFwdTarget::Cmd(c) => write!(f, "cmd:{c}"),
+            GuestFwdTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+fn unsupported() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "not supported by this host")
 }
 
 /// Non-blocking host socket operations the core needs.
@@ -80,6 +120,28 @@ pub trait HostIo {
     fn accept(&mut self, listener: Token, token: Token) -> io::Result<SocketAddr>;
     /// Takes the socket's pending error (`SO_ERROR`), if any.
     fn take_error(&mut self, token: Token) -> Option<io::Error>;
-    /// Closes the socket and forgets the token.
+    /// Closes the socket (or file) and forgets the token.
     fn close(&mut self, token: Token);
+    /// Opens the host side of a guestfwd connection under `token`: spawns
+    /// the command or connects the socket. Completion is reported as for
+    /// [`HostIo::tcp_connect`] (a writable event), and the token is then
+    /// used with the `tcp_*` calls.
+    fn tcp_connect_guestfwd(&mut self, token: Token, target: &GuestFwdTarget) -> io::Result<()> {
+        let _ = (token, target);
+        Err(unsupported())
+    }
+    /// Opens the regular file `path` (relative, `/`-separated) below the
+    /// directory `root` for reading under `token`; returns its size. Must
+    /// refuse, with an error, any path that resolves outside `root` (`..`,
+    /// absolute symlinks, symlinks leading out).
+    fn file_open(&mut self, token: Token, root: &Path, path: &str) -> io::Result<u64> {
+        let _ = (token, root, path);
+        Err(unsupported())
+    }
+    /// Reads from the file `token` at `offset`; `Ok(0)` is its end. May
+    /// read less than `buf` holds.
+    fn file_read_at(&mut self, token: Token, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let _ = (token, offset, buf);
+        Err(unsupported())
+    }
 }

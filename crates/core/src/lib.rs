@@ -32,8 +32,9 @@ pub mod stack;
 pub mod tcp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tftp;
 pub mod udp;
 
 pub use config::Config;
-pub use host::{HostEvent, HostIo, Token};
+pub use host::{GuestFwdTarget, HostEvent, HostIo, Token};
 pub use stack::{Counters, Stack};

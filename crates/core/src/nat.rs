@@ -8,6 +8,7 @@
 //! | gateway (`--host`, `--ipv6-host`) | host loopback (127.0.0.1, ::1), same port (refused with `--disable-host-loopback`) |
 //! | DNS address (`--dns`, `--ipv6-dns`), port 53 | the DNS forwarder (UDP answered locally or sent upstream; TCP to the upstream) |
 //! | gateway/DNS, ICMP echo   | answered by the stack itself              |
+//! | a `--guestfwd` address and port, TCP | that guestfwd's command or socket |
 //! | other address in `--net`/`--ipv6-net` | refused (nobody is there) |
 //! | loopback (127.0.0.0/8, `::1`) or IPv4-mapped IPv6 | refused: the host's loopback is reached only as the gateway, so `--disable-host-loopback` and the egress rules cannot be sidestepped |
 //! | broadcast, multicast, other link-local | dropped                   |
@@ -23,7 +24,15 @@
 //! ICMP "administratively prohibited". The stack's own services (DHCP, NDP
 //! and router advertisements, DHCPv6, the DNS forwarder, echo replies from
 //! its own addresses) are not egress and never checked, and neither are
-//! port-forwarded connections, which the host opens.
+//! port-forwarded connections, which the host opens. One service is half
+//! egress: a query the DNS forwarder cannot answer from `--dns-host` goes
+//! to the upstream resolver, and a guest could tunnel data out through
+//! the names it asks for. So forwarding is checked too
+//! ([`dns_forwarding_allowed`], the rules applied to the DNS address and
+//! port 53): under `--restrict` the guest gets only the locally
+//! configured names (REFUSED for the rest) unless `--allow 10.0.2.3:53`
+//! (or `[fec0::3]:53`) lets its queries out, and `--deny 10.0.2.3:53`
+//! stops forwarding without `--restrict`.
 //!
 //! [`guest_visible_source`] is the inbound half: the address the guest sees
 //! a port-forwarded client connect from.
@@ -51,6 +60,8 @@ pub enum Verdict {
     Dns,
     /// Answered by the stack itself (ICMP echo to its own addresses).
     Local,
+    /// Carried to the host command or socket of `Config::guestfwd[i]`.
+    GuestFwd(usize),
     /// Refuse: RST for TCP, ICMP unreachable otherwise.
     Refuse,
     /// Refused by the egress rules (`--restrict`, `--deny`): RST for TCP,
@@ -81,6 +92,13 @@ fn egress_allowed(cfg: &Config, proto: Proto, dst: SocketAddr) -> bool {
         .map_or(!cfg.restrict, |rule| rule.allow)
 }
 
+/// Whether a DNS query the guest sent to `dst` (the DNS address, port 53)
+/// and that the forwarder cannot answer itself may go to the upstream
+/// resolver: the egress rules, as for any flow to `dst`.
+pub fn dns_forwarding_allowed(cfg: &Config, proto: Proto, dst: SocketAddr) -> bool {
+    egress_allowed(cfg, proto, dst)
+}
+
 /// The table without the egress rules.
 fn route(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
     let ip = match dst.ip() {
@@ -106,6 +124,14 @@ fn route(cfg: &Config, proto: Proto, dst: SocketAddr) -> Verdict {
             _ if dst.port() == 53 => Verdict::Dns,
             _ => Verdict::Refuse,
         };
+    }
+    if proto == Proto::Tcp
+        && let Some(i) = cfg
+            .guestfwd
+            .iter()
+            .position(|g| g.addr_in(cfg.net) == ip && g.port == dst.port())
+    {
+        return Verdict::GuestFwd(i);
     }
     if cfg.net.contains(ip) {
         return Verdict::Refuse;
@@ -187,6 +213,13 @@ mod tests {
             disable_dns: true,
             ..Config::default()
         };
+        let fwd = Config {
+            guestfwd: vec![
+                "tcp:10.0.2.100:4321-cmd:cat".parse().expect("guestfwd"),
+                "tcp::80-unix:/run/x.sock".parse().expect("guestfwd"),
+            ],
+            ..Config::default()
+        };
         let table: &[(&Config, Proto, &str, Verdict)] = &[
             (&no_dns, Proto::Udp, "10.0.2.3:53", Verdict::Refuse),
             (&no_dns, Proto::Udp, "[fec0::3]:53", Verdict::Refuse),
@@ -210,6 +243,17 @@ mod tests {
             (&cfg, Proto::Tcp, "10.0.2.3:80", Verdict::Refuse),
             (&cfg, Proto::Icmp, "10.0.2.3:0", Verdict::Local),
             (&cfg, Proto::Tcp, "10.0.2.77:80", Verdict::Refuse),
+            (&fwd, Proto::Tcp, "10.0.2.100:4321", Verdict::GuestFwd(0)),
+            (&fwd, Proto::Tcp, "10.0.2.4:80", Verdict::GuestFwd(1)),
+            (&fwd, Proto::Tcp, "10.0.2.100:4322", Verdict::Refuse),
+            (&fwd, Proto::Udp, "10.0.2.100:4321", Verdict::Refuse),
+            (&fwd, Proto::Icmp, "10.0.2.100:0", Verdict::Refuse),
+            (
+                &fwd,
+                Proto::Tcp,
+                "10.0.2.2:4321",
+                Verdict::Host(sa("127.0.0.1:4321")),
+            ),
             (&cfg, Proto::Udp, "10.0.2.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "255.255.255.255:9", Verdict::Drop),
             (&cfg, Proto::Udp, "224.0.0.251:5353", Verdict::Drop),
@@ -228,6 +272,30 @@ mod tests {
         ];
         for (cfg, proto, dst, want) in table {
             assert_eq!(outbound(cfg, *proto, sa(dst)), *want, "{proto:?} to {dst}");
+        }
+    }
+
+    #[test]
+    fn dns_forwarding_follows_the_egress_rules() {
+        use Proto::{Tcp, Udp};
+        let table = [
+            (rules(false, &[]), Udp, "10.0.2.3:53", true),
+            (rules(true, &[]), Udp, "10.0.2.3:53", false),
+            (rules(true, &[]), Tcp, "[fec0::3]:53", false),
+            (rules(true, &["+10.0.2.3:53"]), Udp, "10.0.2.3:53", true),
+            (rules(true, &["+10.0.2.3:53"]), Udp, "[fec0::3]:53", false),
+            (rules(true, &["+10.0.2.0/24"]), Tcp, "10.0.2.3:53", true),
+            (rules(false, &["-10.0.2.3:53"]), Udp, "10.0.2.3:53", false),
+            (rules(false, &["-10.0.2.2"]), Udp, "10.0.2.3:53", true),
+        ];
+        for (cfg, proto, dst, want) in &table {
+            assert_eq!(
+                dns_forwarding_allowed(cfg, *proto, sa(dst)),
+                *want,
+                "{proto:?} to {dst} with restrict={} {:?}",
+                cfg.restrict,
+                cfg.egress
+            );
         }
     }
 

@@ -33,7 +33,7 @@ use crate::output::Output;
 use crate::packet::{self, Macs};
 use crate::tcp::{self, Env, Status, TcpFlow};
 use crate::udp::{self, UdpFlow};
-use crate::{arp, dhcp, dhcpv6, dns, ndp};
+use crate::{arp, dhcp, dhcpv6, dns, ndp, tftp};
 
 /// What the stack has seen and done, for logs and tests. Untrusted input
 /// never produces an error, only a count here.
@@ -143,6 +143,8 @@ pub struct Stack {
     rng: u64,
     /// The host forbids ping sockets (logged once).
     ping_denied: bool,
+    /// The TFTP server's transfers.
+    tftp: tftp::Server,
 }
 
 /// splitmix64: a small, seedable generator for sequence numbers.
@@ -186,6 +188,15 @@ enum Unreachable {
     Prohibited,
 }
 
+/// What a guest TCP connection's host side is.
+#[derive(Clone, Copy, Debug)]
+enum Connect {
+    /// A TCP connect to this address.
+    Addr(SocketAddr),
+    /// The `i`th guestfwd's command or socket.
+    GuestFwd(usize),
+}
+
 /// DHCP server and client ports.
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -216,6 +227,7 @@ impl Stack {
             guest_ip6: None,
             next_ra: None,
             ping_denied: false,
+            tftp: tftp::Server::default(),
             counters: Counters::default(),
             cfg,
         }
@@ -444,6 +456,12 @@ impl Stack {
         }
     }
 
+    /// Whether `dst` is a gateway address the TFTP server answers on.
+    fn serves_tftp(&self, dst: IpAddr) -> bool {
+        self.cfg.tftp_root.is_some()
+            && (dst == IpAddr::V4(self.cfg.host) || dst == IpAddr::V6(self.cfg.ipv6_host))
+    }
+
     /// Remembers a guest IPv6 address in the prefix.
     fn learn6(&mut self, ip: Ipv6Addr) {
         let ours = ip == self.cfg.ipv6_host || ip == self.cfg.ipv6_dns;
@@ -487,6 +505,14 @@ impl Stack {
                     }
                     (IpAddr::V6(s6), dhcpv6::SERVER_PORT) => {
                         return self.dhcpv6(src_mac, s6, sport, udp.payload());
+                    }
+                    (_, tftp::PORT) if self.serves_tftp(dst) && sport != 0 => {
+                        let env = env(&self.cfg, self.guest_mac, now);
+                        let client = SocketAddr::new(src, sport);
+                        let payload = udp.payload();
+                        return self
+                            .tftp
+                            .handle(&env, client, dst, payload, host, &mut self.out);
                     }
                     _ => {}
                 }
@@ -601,6 +627,29 @@ impl Stack {
         }
     }
 
+    /// Where a UDP DNS query to `remote` (a DNS address) goes: the
+    /// upstream resolver, or (`Err`) answered here with this reply (a
+    /// `--dns-host` name; REFUSED when the egress rules keep queries from
+    /// the upstream; SERVFAIL with no upstream; nothing if malformed).
+    fn dns_upstream_for(
+        &mut self,
+        query: &[u8],
+        remote: SocketAddr,
+    ) -> Result<SocketAddr, Option<Vec<u8>>> {
+        if let Some(answer) = dns::local_answer(query, &self.cfg.dns_hosts) {
+            return Err(Some(answer));
+        }
+        if !nat::dns_forwarding_allowed(&self.cfg, Proto::Udp, remote) {
+            self.egress_refused(Proto::Udp, remote);
+            return Err(dns::refused(query));
+        }
+        self.cfg
+            .dns_upstreams
+            .first()
+            .copied()
+            .ok_or_else(|| dns::servfail(query))
+    }
+
     /// ICMP(v6) "destination unreachable" back to the guest for a packet it
     /// sent from `guest` to `remote` (`l4`: the start of its transport
     /// header, quoted after a rebuilt IP header).
@@ -681,39 +730,24 @@ impl Stack {
             None => {
                 let kind = match nat::outbound(&self.cfg, Proto::Udp, remote) {
                     Verdict::Host(dst) => udp::Kind::Outbound(dst),
-                    Verdict::Dns => {
-                        if let Some(answer) = dns::local_answer(payload, &self.cfg.dns_hosts) {
-                            let macs = self.macs();
-                            self.out.push_with(|buf| {
-                                packet::udp(
-                                    buf,
-                                    macs,
-                                    (remote.ip(), 53),
-                                    (guest.ip(), guest.port()),
-                                    &answer,
-                                )
-                            });
+                    Verdict::Dns => match self.dns_upstream_for(payload, remote) {
+                        Ok(up) => udp::Kind::Dns(up),
+                        Err(reply) => {
+                            if let Some(reply) = reply {
+                                let macs = self.macs();
+                                self.out.push_with(|buf| {
+                                    packet::udp(
+                                        buf,
+                                        macs,
+                                        (remote.ip(), 53),
+                                        (guest.ip(), guest.port()),
+                                        &reply,
+                                    )
+                                });
+                            }
                             return;
                         }
-                        match self.cfg.dns_upstreams.first() {
-                            Some(up) => udp::Kind::Dns(*up),
-                            None => {
-                                if let Some(fail) = dns::servfail(payload) {
-                                    let macs = self.macs();
-                                    self.out.push_with(|buf| {
-                                        packet::udp(
-                                            buf,
-                                            macs,
-                                            (remote.ip(), 53),
-                                            (guest.ip(), guest.port()),
-                                            &fail,
-                                        )
-                                    });
-                                }
-                                return;
-                            }
-                        }
-                    }
+                    },
                     verdict @ (Verdict::Refuse | Verdict::Prohibit) => {
                         let code = if verdict == Verdict::Prohibit {
                             self.egress_refused(Proto::Udp, remote);
@@ -738,7 +772,7 @@ impl Stack {
                         self.unreachable(code, IpProtocol::Udp, guest, remote, &l4);
                         return;
                     }
-                    Verdict::Local | Verdict::Drop => {
+                    Verdict::Local | Verdict::Drop | Verdict::GuestFwd(_) => {
                         self.counters.ignored += 1;
                         return;
                     }
@@ -798,9 +832,14 @@ impl Stack {
             return;
         }
         let target = match nat::outbound(&self.cfg, Proto::Tcp, remote) {
-            Verdict::Host(dst) => dst,
+            Verdict::Host(dst) => Connect::Addr(dst),
+            Verdict::GuestFwd(i) => Connect::GuestFwd(i),
+            Verdict::Dns if !nat::dns_forwarding_allowed(&self.cfg, Proto::Tcp, remote) => {
+                self.egress_refused(Proto::Tcp, remote);
+                return self.reset(guest, remote, seg);
+            }
             Verdict::Dns => match self.cfg.dns_upstreams.first() {
-                Some(up) => *up,
+                Some(up) => Connect::Addr(*up),
                 None => return self.reset(guest, remote, seg),
             },
             Verdict::Drop => return,
@@ -821,8 +860,15 @@ impl Stack {
         let Ok(id) = self.flows.insert(key, Flow::Tcp(flow)) else {
             return;
         };
-        if let Err(e) = host.tcp_connect(id.token(), target) {
-            tracing::debug!(%e, %target, "host connect failed at once");
+        let started = match target {
+            Connect::Addr(dst) => host.tcp_connect(id.token(), dst),
+            Connect::GuestFwd(i) => match self.cfg.guestfwd.get(i) {
+                Some(g) => host.tcp_connect_guestfwd(id.token(), &g.target),
+                None => Err(ErrorKind::NotFound.into()),
+            },
+        };
+        if let Err(e) = started {
+            tracing::debug!(%e, %remote, "host connect failed at once");
             self.flows.remove(id);
             host.close(id.token());
             return self.reset(guest, remote, seg);
@@ -929,7 +975,7 @@ impl Stack {
                 self.egress_refused(Proto::Icmp, remote);
                 self.unreachable(Unreachable::Prohibited, proto, guest, remote, msg);
             }
-            Verdict::Drop => self.counters.ignored += 1,
+            Verdict::Drop | Verdict::GuestFwd(_) => self.counters.ignored += 1,
         }
     }
 
@@ -1080,6 +1126,8 @@ impl Stack {
                 .push_with(|buf| ndp::router_advert(buf, cfg, macs, ndp::ALL_NODES));
             self.next_ra = Some(now + RA_INTERVAL);
         }
+        let tftp_env = env(&self.cfg, self.guest_mac, now);
+        self.tftp.handle_timeout(&tftp_env, host, &mut self.out);
         while let Some(id) = self.flows.pop_due(now) {
             let env = env(&self.cfg, self.guest_mac, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
@@ -1204,10 +1252,14 @@ impl Stack {
 
     /// When [`Stack::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.flows.next_deadline(), self.next_ra) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.flows.next_deadline(),
+            self.next_ra,
+            self.tftp.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The guest link went away (the QEMU client disconnected): every
@@ -1217,6 +1269,7 @@ impl Stack {
             self.remove(id, host);
         }
         self.lingering.clear();
+        self.tftp.clear(host);
         self.out.clear();
         self.guest_mac = None;
         self.guest_ip = None;

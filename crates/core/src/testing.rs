@@ -20,6 +20,12 @@
 //! it (a token reused while its socket is open, discarding more than was
 //! received): under a fuzzer a panic is a finding.
 //!
+//! It also fakes the host's other services: guestfwd connections are fake
+//! TCP sockets that record their [`GuestFwdTarget`], and the TFTP root is
+//! [`FakeHost::files`], a map from names to contents (names with a `..`
+//! component are refused, as the real host refuses paths leaving the
+//! root).
+//!
 //! [`Harness`] is a stack, a fake host and a virtual clock. Its
 //! [`Harness::run_script`] reads arbitrary bytes as a sequence of guest
 //! frames and host happenings (see [`Op`] for the format) and checks after
@@ -31,6 +37,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -40,8 +47,8 @@ use smoltcp::wire::{
     TcpRepr, UdpPacket, UdpRepr,
 };
 
-use crate::config::HostFwd;
-use crate::host::{HostEvent, HostIo, Proto, Token};
+use crate::config::{GuestFwd, HostFwd};
+use crate::host::{GuestFwdTarget, HostEvent, HostIo, Proto, Token};
 use crate::{Config, Stack};
 
 /// Most bytes a fake socket keeps in each direction.
@@ -75,6 +82,8 @@ pub struct FakeSocket {
     pub kind: SockKind,
     /// Where a TCP connect went.
     pub connect_to: Option<SocketAddr>,
+    /// The guestfwd target a guestfwd connection went to.
+    pub guestfwd: Option<GuestFwdTarget>,
     /// A connect is in progress: its completion has not been reported yet.
     pub connecting: bool,
     /// Bytes the stack sent (what the host peer received), up to
@@ -206,6 +215,16 @@ pub struct FakeHost {
     pub listening: Vec<(Token, Proto, SocketAddr)>,
     /// How the host answers.
     pub behaviour: Behaviour,
+    /// The files below the TFTP root, by name.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Open files: token to name.
+    pub open_files: BTreeMap<Token, String>,
+    /// The root the last `file_open` named.
+    pub file_root: Option<PathBuf>,
+    /// Most bytes one `file_read_at` returns (short reads), if set.
+    pub read_chunk: Option<usize>,
+    /// `file_read_at` calls so far.
+    pub file_reads: u64,
 }
 
 impl FakeHost {
@@ -457,10 +476,50 @@ impl HostIo for FakeHost {
     }
     fn close(&mut self, token: Token) {
         self.socks.remove(&token);
+        self.open_files.remove(&token);
         if self.closed.len() >= MAX_CLOSED {
             self.closed.pop_front();
         }
         self.closed.push_back(token);
+    }
+    fn tcp_connect_guestfwd(&mut self, token: Token, target: &GuestFwdTarget) -> io::Result<()> {
+        if let Some(e) = self.behaviour.connect_error {
+            return Err(e.into());
+        }
+        let sock = FakeSocket {
+            guestfwd: Some(target.clone()),
+            connecting: true,
+            ..self.new_tcp()
+        };
+        self.open(token, sock);
+        Ok(())
+    }
+    fn file_open(&mut self, token: Token, root: &Path, path: &str) -> io::Result<u64> {
+        assert!(
+            !self.open_files.contains_key(&token),
+            "HostIo contract: file token {token:?} reused while open"
+        );
+        self.file_root = Some(root.to_path_buf());
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(ErrorKind::PermissionDenied.into());
+        }
+        let len = self.files.get(path).ok_or(ErrorKind::NotFound)?.len();
+        self.open_files.insert(token, path.to_owned());
+        Ok(len as u64)
+    }
+    fn file_read_at(&mut self, token: Token, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file_reads += 1;
+        let name = self.open_files.get(&token).ok_or(ErrorKind::NotFound)?;
+        let data = self.files.get(name).ok_or(ErrorKind::NotFound)?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf
+            .len()
+            .min(data.len() - start)
+            .min(self.read_chunk.unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
     }
 }
 
@@ -751,9 +810,10 @@ impl Harness {
     /// The configuration a script's first byte selects: bit 0 a flow table
     /// of 4, bit 1 a TCP and a UDP port forward, bit 2 a DNS upstream, bit
     /// 3 host loopback disabled, bit 4 the smallest MTU (576), bit 6
-    /// `--restrict` with holes for port 80 of both gateways. (Bit 5 is
-    /// not configuration: [`Harness::run_script`] reads it as "fix the
-    /// checksums of every frame".)
+    /// `--restrict` with holes for port 80 of both gateways, bit 7 a TFTP
+    /// root (holding [`Harness::TFTP_FILES`]) and a guestfwd on
+    /// 10.0.2.100:4321. (Bit 5 is not configuration: [`Harness::run_script`]
+    /// reads it as "fix the checksums of every frame".)
     pub fn from_script_config(b: u8) -> Config {
         let mut cfg = Config::default();
         if b & 1 != 0 {
@@ -782,8 +842,23 @@ impl Harness {
                 }
             }
         }
+        if b & 128 != 0 {
+            cfg.tftp_root = Some(PathBuf::from("/tftp"));
+            if let Ok(g) = "tcp:10.0.2.100:4321-cmd:cat".parse::<GuestFwd>() {
+                cfg.guestfwd.push(g);
+            }
+        }
         cfg
     }
+
+    /// The files of the fake TFTP root in scripts (name, size): empty, one
+    /// block, exactly two blocks, and a partial third.
+    pub const TFTP_FILES: [(&'static str, usize); 4] = [
+        ("empty", 0),
+        ("small", 100),
+        ("two", 1024),
+        ("boot/big", 1300),
+    ];
 
     /// Runs a script (see [`Op`]) from a fresh harness and checks the
     /// invariants after every step; panics on the first violation.
@@ -792,6 +867,10 @@ impl Harness {
         let b = r.byte();
         let mut h = Harness::new(Harness::from_script_config(b), Behaviour::default(), start);
         h.fix_checksums = b & 32 != 0;
+        for (name, len) in Harness::TFTP_FILES {
+            let data = (0..len).map(|i| i as u8).collect();
+            h.host.files.insert(name.to_owned(), data);
+        }
         while !r.0.is_empty() {
             let b = r.byte();
             h.step(Op::from_byte(b), &mut r);
@@ -968,8 +1047,8 @@ impl Harness {
         std::mem::take(&mut self.output)
     }
 
-    /// Checks that the flow table and the host's open sockets stay within
-    /// their bounds.
+    /// Checks that the flow table, the host's open sockets and the TFTP
+    /// server's open files stay within their bounds.
     ///
     /// # Panics
     /// When they do not.
@@ -981,6 +1060,11 @@ impl Harness {
             self.stack.flow_count(),
             cfg.max_flows
         );
+        assert!(
+            self.host.open_files.len() <= crate::tftp::MAX_SESSIONS,
+            "{} files open, above the TFTP transfer limit",
+            self.host.open_files.len()
+        );
         let limit = cfg.max_flows + self.host.listening.len();
         assert!(
             self.host.socks.len() <= limit,
@@ -988,6 +1072,124 @@ impl Harness {
             self.host.socks.len()
         );
     }
+}
+
+/// A frame from a guest at `mac` to the stack's MAC carrying UDP from
+/// `src` to `dst` (both of one family).
+pub fn guest_udp(
+    cfg: &Config,
+    mac: EthernetAddress,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let macs = crate::packet::Macs {
+        src: mac,
+        dst: EthernetAddress(cfg.mac),
+    };
+    let mut buf = vec![0u8; cfg.max_frame()];
+    let n = crate::packet::udp(
+        &mut buf,
+        macs,
+        (src.ip(), src.port()),
+        (dst.ip(), dst.port()),
+        payload,
+    )
+    .expect("the datagram fits a frame");
+    buf.truncate(n);
+    buf
+}
+
+/// A frame from a guest at `mac` to the stack's MAC carrying the TCP
+/// segment `repr` from `src` to `dst` (ports come from `repr`).
+pub fn guest_tcp(
+    cfg: &Config,
+    mac: EthernetAddress,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    repr: &TcpRepr,
+) -> Vec<u8> {
+    let macs = crate::packet::Macs {
+        src: mac,
+        dst: EthernetAddress(cfg.mac),
+    };
+    let mut buf = vec![0u8; cfg.max_frame()];
+    let n = crate::packet::tcp(&mut buf, macs, src, dst, repr).expect("the segment fits a frame");
+    buf.truncate(n);
+    buf
+}
+
+/// A TCP segment the stack sent, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSeen {
+    /// Source endpoint.
+    pub src: SocketAddr,
+    /// Destination endpoint.
+    pub dst: SocketAddr,
+    /// SYN, FIN, RST, PSH or none.
+    pub control: smoltcp::wire::TcpControl,
+    /// Sequence number.
+    pub seq: smoltcp::wire::TcpSeqNumber,
+    /// Acknowledgement number, if ACK is set.
+    pub ack: Option<smoltcp::wire::TcpSeqNumber>,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// The IP packet of an Ethernet frame: (source, destination, protocol,
+/// payload), for IPv4 or IPv6 (no extension headers).
+fn ip_of(frame: &[u8]) -> Option<(IpAddress, IpAddress, IpProtocol, &[u8])> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let payload = &frame[14..];
+    match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(payload).ok()?;
+            let (s, d, p) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+            let body = &payload[usize::from(ip.header_len())..usize::from(ip.total_len())];
+            Some((IpAddress::Ipv4(s), IpAddress::Ipv4(d), p, body))
+        }
+        EthernetProtocol::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(payload).ok()?;
+            let (s, d, p) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+            let body = &payload[40..40 + usize::from(ip.payload_len())];
+            Some((IpAddress::Ipv6(s), IpAddress::Ipv6(d), p, body))
+        }
+        _ => None,
+    }
+}
+
+/// The UDP datagram in a frame the stack sent: (source, destination,
+/// payload), if it is one.
+pub fn parse_udp(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let (s, d, proto, body) = ip_of(frame)?;
+    if proto != IpProtocol::Udp {
+        return None;
+    }
+    let p = UdpPacket::new_checked(body).ok()?;
+    let (sp, dp) = (p.src_port(), p.dst_port());
+    Some((
+        SocketAddr::new(s.into(), sp),
+        SocketAddr::new(d.into(), dp),
+        p.payload().to_vec(),
+    ))
+}
+
+/// The TCP segment in a frame the stack sent, if it is one.
+pub fn parse_tcp(frame: &[u8]) -> Option<TcpSeen> {
+    let (s, d, proto, body) = ip_of(frame)?;
+    if proto != IpProtocol::Tcp {
+        return None;
+    }
+    let p = TcpPacket::new_checked(body).ok()?;
+    let r = TcpRepr::parse(&p, &s, &d, &ChecksumCapabilities::default()).ok()?;
+    Some(TcpSeen {
+        src: SocketAddr::new(s.into(), r.src_port),
+        dst: SocketAddr::new(d.into(), r.dst_port),
+        control: r.control,
+        seq: r.seq_number,
+        ack: r.ack_number,
+        payload: r.payload.to_vec(),
+    })
 }
 
 /// `LINKTYPE_LINUX_SLL2`, the link type of captures taken on Linux's "any"

@@ -397,10 +397,35 @@ fn restrict_keeps_the_stacks_own_services() {
             "ping {dst}"
         );
     }
-    // A DNS query to the forwarder goes to the upstream, not refused.
+    // Forwarding a query upstream is egress: under --restrict a name the
+    // forwarder does not know itself is REFUSED, and nothing reaches the
+    // upstream...
     let query = [
         0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
     ];
+    for dns in ["10.0.2.3:53", "[fec0::3]:53"] {
+        let (answers, payload) = dns_exchange(&mut h, sa(dns), &query);
+        assert_eq!(answers, [Answer::Udp { from: sa(dns) }], "{dns}");
+        assert_eq!(payload[3] & 0xf, 5, "RCODE REFUSED from {dns}");
+    }
+    assert_eq!(flow_sockets(&h), []);
+    assert_eq!(h.stack.counters().egress_refused, 2);
+    // ... while configured names (host.internal by default) are answered.
+    let mut local = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    local.extend(b"\x04host\x08internal\x00\x00\x01\x00\x01");
+    let (answers, payload) = dns_exchange(&mut h, sa("10.0.2.3:53"), &local);
+    assert_eq!(
+        answers,
+        [Answer::Udp {
+            from: sa("10.0.2.3:53")
+        }]
+    );
+    assert_eq!(payload[3] & 0xf, 0, "NOERROR");
+    assert!(payload.ends_with(&[10, 0, 2, 2]), "the gateway's address");
+    assert_eq!(h.stack.counters().egress_refused, 2);
+
+    // An --allow for the DNS address lets queries go upstream.
+    let mut h = harness(config(true, &["+10.0.2.3:53", "+[fec0::3]:53"]));
     assert_eq!(exchange(&mut h, &udp(sa("10.0.2.3:53"), &query)), []);
     assert_eq!(exchange(&mut h, &udp(sa("[fec0::3]:53"), &query)), []);
     let sockets = flow_sockets(&h);
@@ -412,6 +437,36 @@ fn restrict_keeps_the_stacks_own_services() {
         ]
     );
     assert_eq!(h.stack.counters().egress_refused, 0);
+    // TCP to the forwarder follows the same rule.
+    let mut h = harness(config(true, &[]));
+    let refused = exchange(&mut h, &syn(sa("10.0.2.3:53")));
+    assert!(matches!(refused[..], [Answer::Rst { .. }]), "{refused:?}");
+}
+
+/// Sends a DNS query over UDP to `dst`; the answers, and the last reply's
+/// DNS message (the frame's last bytes after the UDP header).
+fn dns_exchange(h: &mut Harness, dst: SocketAddr, query: &[u8]) -> (Vec<Answer>, Vec<u8>) {
+    h.frame(&udp(dst, query));
+    h.drain();
+    let out = h.take_output();
+    let answers = out
+        .iter()
+        .map(|f| parse(f))
+        .filter(|r| *r != Answer::Other)
+        .collect();
+    let payload = out
+        .last()
+        .map(|f| {
+            let udp_len_at = if dst.is_ipv4() {
+                14 + 20 + 4
+            } else {
+                14 + 40 + 4
+            };
+            let len = usize::from(u16::from_be_bytes([f[udp_len_at], f[udp_len_at + 1]]));
+            f[udp_len_at + 4..udp_len_at - 4 + len].to_vec()
+        })
+        .unwrap_or_default();
+    (answers, payload)
 }
 
 #[test]

@@ -108,9 +108,14 @@ pub enum Stopped {
 pub trait Control {
     /// Registers the control's descriptors.
     fn register(&mut self, registry: &Registry) -> io::Result<()>;
-    /// Called once the transport is registered and the stack started: the
-    /// network is ready (e.g. for slirp4netns's `--ready-fd`).
-    fn started(&mut self) {}
+    /// Called once the transport is registered and the stack started,
+    /// before the first event is handled, in the order of the controls: the
+    /// network is ready (e.g. for slirp4netns's `--ready-fd`), and set-up
+    /// is done (e.g. to enter the [`crate::sandbox`]). An error ends the
+    /// loop before it serves anything ([`RunError::Started`]).
+    fn started(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Whether `token` is one of the control's.
     fn owns(&self, token: mio::Token) -> bool;
     /// Handles readiness of one of its descriptors.
@@ -141,6 +146,9 @@ pub enum RunError {
     /// The stack could not open its own sockets (port forwards).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A driver control's [`Control::started`] failed (e.g. the sandbox).
+    #[error("cannot start serving")]
+    Started(#[source] io::Error),
 }
 
 /// Every transport is where the loop polls the stack's frames to.
@@ -199,7 +207,7 @@ pub fn run_with<T: Transport>(
     }
     stack.start(&mut sockets)?;
     for c in controls.iter_mut() {
-        c.started();
+        c.started().map_err(RunError::Started)?;
     }
 
     let mut events = Events::with_capacity(1024);

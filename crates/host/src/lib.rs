@@ -10,6 +10,10 @@
 //! - [`pcap`]: the `--pcap` capture;
 //! - [`drive`]: the steps of one turn of driving a `Stack`, shared by every
 //!   driver;
+//! - [`guestfwd`] and [`files`]: the host side of guestfwd connections and
+//!   of the TFTP server's files;
+//! - [`sandbox`]: no-new-privs and the seccomp filter entered once set-up
+//!   is done;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -18,8 +22,11 @@
 
 pub mod drive;
 pub mod event_loop;
+pub mod files;
+pub mod guestfwd;
 pub mod netns;
 pub mod pcap;
+pub mod sandbox;
 pub mod sockets;
 pub mod stream;
 pub mod tap;

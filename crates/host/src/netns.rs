@@ -21,6 +21,11 @@
 //!   step failed. The child runs only system calls on data prepared before
 //!   the fork.
 //!
+//! Either way the namespace files are closed when [`open_tap`] returns:
+//! usernet holds no reference to the namespace but the tap (and, in
+//! `usernet ns`, a pidfd to see the command exit), and once in its
+//! [`crate::sandbox`] it could not enter it again (no `setns`, no `open`).
+//!
 //! [`spawn_unshared`] starts `usernet ns`'s command: its child unshares
 //! user, network and mount namespaces, maps uid/gid 0 to the caller's,
 //! bind-mounts a generated resolv.conf over `/etc/resolv.conf`, reports its

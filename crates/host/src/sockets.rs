@@ -22,6 +22,12 @@
 //! UDP and ICMP echo sockets are `std::net::UdpSocket`s: a ping socket is a
 //! datagram socket too, and std's safe `send_to`/`recv` work on it.
 //!
+//! guestfwd connections are unix stream sockets kept as [`Sock::Tcp`]
+//! (see [`crate::guestfwd`]); only discarding differs, because a unix
+//! socket does not drop data on `recv(MSG_TRUNC)`: it is read into the
+//! scratch buffer instead. TFTP files are kept apart from sockets (they are
+//! never polled), see [`crate::files`].
+//!
 //! `unsafe` here is limited to four libc calls socket2 does not offer:
 //! `recv` with flags into a plain byte slice, `recv(MSG_TRUNC)` to discard,
 //! `setsockopt(SO_PEEK_OFF)` and `ioctl(TIOCOUTQ)`.
@@ -31,13 +37,16 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use usernet_core::Token;
-use usernet_core::host::{HostIo, Proto};
+use usernet_core::host::{GuestFwdTarget, HostIo, Proto};
 
 use crate::DRIVER_TOKEN_BASE;
+use crate::files::{self, RootFile};
+use crate::guestfwd::{self, Children};
 
 /// Which readiness a socket is registered for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,10 +123,12 @@ impl Poller for MioPoller {
 /// One host socket.
 #[derive(Debug)]
 enum Sock {
-    /// A TCP connection, with its tracked `SO_PEEK_OFF` (`None` until set).
+    /// A TCP connection (or a guestfwd's unix stream socket, `unix`),
+    /// with its tracked `SO_PEEK_OFF` (`None` until set).
     Tcp {
         sock: Socket,
         peek_off: Option<usize>,
+        unix: bool,
     },
     /// A TCP listener for a port forward.
     Listener(Socket),
@@ -147,6 +158,10 @@ pub struct Sockets<P: Poller> {
     /// Source addresses outbound TCP and UDP sockets bind to
     /// (slirp4netns's `--outbound-addr`/`--outbound-addr6`).
     outbound: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// Files the TFTP server reads, by token.
+    files: HashMap<Token, RootFile>,
+    /// guestfwd commands still running.
+    children: Children,
 }
 
 fn not_found() -> io::Error {
@@ -240,6 +255,8 @@ impl<P: Poller> Sockets<P> {
             peek_off: true,
             scratch: Vec::new(),
             outbound: (None, None),
+            files: HashMap::new(),
+            children: Children::default(),
         }
     }
 
@@ -293,7 +310,7 @@ impl<P: Poller> Sockets<P> {
 
     fn tcp(&mut self, token: Token) -> io::Result<(&Socket, &mut Option<usize>)> {
         match self.socks.get_mut(&token) {
-            Some(Sock::Tcp { sock, peek_off }) => Ok((sock, peek_off)),
+            Some(Sock::Tcp { sock, peek_off, .. }) => Ok((sock, peek_off)),
             Some(_) => Err(wrong_kind()),
             None => Err(not_found()),
         }
@@ -325,11 +342,48 @@ impl<P: Poller> Sockets<P> {
     }
 }
 
+impl<P: Poller> Sockets<P> {
+    /// [`HostIo::tcp_discard`] for unix sockets, which ignore
+    /// `MSG_TRUNC`: reads the bytes into the scratch buffer.
+    fn discard_by_reading(&mut self, token: Token, n: usize) -> io::Result<()> {
+        let Some(Sock::Tcp { sock, peek_off, .. }) = self.socks.get_mut(&token) else {
+            return Err(not_found());
+        };
+        let fd = sock.as_raw_fd();
+        let chunk = n.clamp(1, 1 << 16);
+        if self.scratch.len() < chunk {
+            self.scratch.resize(chunk, 0);
+        }
+        let mut left = n;
+        while left > 0 {
+            let want = left.min(chunk);
+            match recv_flags(fd, &mut self.scratch[..want], 0) {
+                Ok(0) => break,
+                Ok(k) => left -= k.min(left),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    *peek_off = peek_off.map(|o| o.saturating_sub(n - left));
+                    return Err(e);
+                }
+            }
+        }
+        *peek_off = peek_off.map(|o| o.saturating_sub(n - left));
+        if left > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "discarding more than was received",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<P: Poller> Drop for Sockets<P> {
     fn drop(&mut self) {
         for (_, sock) in self.socks.drain() {
             self.poller.deregister(sock.fd());
         }
+        self.children.reap();
     }
 }
 
@@ -353,6 +407,7 @@ impl<P: Poller> HostIo for Sockets<P> {
             Sock::Tcp {
                 sock,
                 peek_off: None,
+                unix: false,
             },
             Interest::BOTH,
         )
@@ -391,6 +446,9 @@ impl<P: Poller> HostIo for Sockets<P> {
     }
 
     fn tcp_discard(&mut self, token: Token, n: usize) -> io::Result<()> {
+        if let Some(Sock::Tcp { unix: true, .. }) = self.socks.get(&token) {
+            return self.discard_by_reading(token, n);
+        }
         let (sock, tracked) = self.tcp(token)?;
         let fd = sock.as_raw_fd();
         let mut left = n;
@@ -517,6 +575,7 @@ impl<P: Poller> HostIo for Sockets<P> {
             Sock::Tcp {
                 sock,
                 peek_off: None,
+                unix: false,
             },
             Interest::BOTH,
         )?;
@@ -535,6 +594,50 @@ impl<P: Poller> HostIo for Sockets<P> {
         if let Some(sock) = self.socks.remove(&token) {
             self.poller.deregister(sock.fd());
         }
+        self.files.remove(&token);
+    }
+
+    fn tcp_connect_guestfwd(&mut self, token: Token, target: &GuestFwdTarget) -> io::Result<()> {
+        if self.socks.contains_key(&token) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "token already in use",
+            ));
+        }
+        let sock = match target {
+            GuestFwdTarget::Cmd(cmd) => self.children.spawn(cmd)?,
+            GuestFwdTarget::Unix(path) => guestfwd::connect_unix(path)?,
+            _ => return Err(io::ErrorKind::Unsupported.into()),
+        };
+        self.insert(
+            token,
+            Sock::Tcp {
+                sock,
+                peek_off: None,
+                unix: true,
+            },
+            Interest::BOTH,
+        )
+    }
+
+    fn file_open(&mut self, token: Token, root: &Path, path: &str) -> io::Result<u64> {
+        if self.files.contains_key(&token) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "token already in use",
+            ));
+        }
+        let file = files::open_beneath(root, path)?;
+        let size = file.size();
+        self.files.insert(token, file);
+        Ok(size)
+    }
+
+    fn file_read_at(&mut self, token: Token, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.files
+            .get(&token)
+            .ok_or_else(not_found)?
+            .read_at(offset, buf)
     }
 }
 
@@ -637,6 +740,48 @@ mod tests {
         let mut s = Sockets::new(Recorder::default());
         s.peek_off = false;
         peek_discard_round(&mut s);
+    }
+
+    #[test]
+    fn guestfwd_command_is_a_stream_with_peek_and_discard() {
+        let mut s = Sockets::new(Recorder::default());
+        let t = Token(9);
+        let target = GuestFwdTarget::Cmd("cat".into());
+        s.tcp_connect_guestfwd(t, &target).expect("spawn cat");
+        assert!(s.take_error(t).is_none());
+        assert!(s.tcp_send_space(t) > 0);
+        assert_eq!(retry(|| s.tcp_send(t, b"hello world")), 11);
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            let n = retry(|| s.tcp_peek(t, got.len(), &mut buf[..4]));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hello world");
+        s.tcp_discard(t, 6).expect("discard");
+        let n = retry(|| s.tcp_peek(t, 0, &mut buf));
+        assert_eq!(&buf[..n], b"world");
+        s.tcp_discard(t, 5).expect("discard");
+        s.tcp_shutdown_write(t);
+        assert_eq!(retry(|| s.tcp_peek(t, 0, &mut buf)), 0, "cat exits at EOF");
+        s.close(t);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn files_are_tokens_too() {
+        let dir = std::env::temp_dir().join(format!("usernet-sockfiles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("f"), b"abcdef").expect("write");
+        let mut s = Sockets::new(Recorder::default());
+        assert_eq!(s.file_open(Token(3), &dir, "f").expect("open"), 6);
+        assert!(s.file_open(Token(3), &dir, "f").is_err(), "token in use");
+        let mut buf = [0u8; 4];
+        assert_eq!(s.file_read_at(Token(3), 4, &mut buf).expect("read"), 2);
+        assert_eq!(&buf[..2], b"ef");
+        s.close(Token(3));
+        assert!(s.file_read_at(Token(3), 0, &mut buf).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

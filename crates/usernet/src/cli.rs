@@ -13,7 +13,9 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use usernet_core::Config;
-use usernet_core::config::{DnsHost, EgressRule, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream};
+use usernet_core::config::{
+    DnsHost, EgressRule, GuestFwd, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream,
+};
 
 /// A memory-safe user-mode network stack for QEMU guests.
 #[derive(Debug, Parser)]
@@ -123,7 +125,8 @@ pub struct QemuArgs {
     pub stack: StackArgs,
 }
 
-/// Options every mode shares: the guest network, its services, capture.
+/// Options every mode shares: the guest network, its services, capture,
+/// the sandbox.
 #[derive(Debug, Args)]
 pub struct StackArgs {
     /// Guest network.
@@ -189,6 +192,20 @@ pub struct StackArgs {
     /// Capture every frame on the guest link to this pcap file.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Serve this directory read-only by TFTP on the gateway addresses.
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
+    pub tftp: Option<PathBuf>,
+    /// Boot file name handed out by DHCP (the BOOTP file field).
+    #[arg(long, value_name = "NAME")]
+    pub bootfile: Option<String>,
+    /// Carry guest TCP connections to ADDR:PORT (default ADDR: host 4 of
+    /// --net) to a command's stdin/stdout or a unix socket (repeatable).
+    #[arg(long, value_name = "tcp:[ADDR]:PORT-cmd:CMD|unix:PATH")]
+    pub guestfwd: Vec<GuestFwd>,
+    /// Do not enter the sandbox (no-new-privs and a seccomp filter) once
+    /// set up.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// `--restrict`, `--allow`, `--deny`.
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -276,6 +293,15 @@ impl FromArgMatches for EgressArgs {
     }
 }
 
+/// An existing directory, made absolute.
+fn parse_dir(s: &str) -> Result<PathBuf, String> {
+    match std::fs::canonicalize(s) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => Err(format!("'{s}' is not a directory")),
+        Err(e) => Err(format!("'{s}': {e}")),
+    }
+}
+
 /// QEMU's `on|off` switches.
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -326,6 +352,9 @@ impl StackArgs {
             max_flows: self.max_flows,
             restrict: self.egress.restrict,
             egress: self.egress.rules.clone(),
+            tftp_root: self.tftp.clone(),
+            bootfile: self.bootfile.clone(),
+            guestfwd: self.guestfwd.clone(),
             ..Config::default()
         }
     }
@@ -424,6 +453,10 @@ mod tests {
             "--dns-host=foo.test=10.9.9.9",
             "--max-flows=10",
             "--pcap=/tmp/x.pcap",
+            "--tftp=/",
+            "--bootfile=pxelinux.0",
+            "--guestfwd=tcp:192.168.76.100:8080-cmd:nc -U /run/x",
+            "--guestfwd=tcp::22-unix:/run/ssh.sock",
             "-vv",
         ])
         .expect("parses");
@@ -446,6 +479,14 @@ mod tests {
         assert_eq!(c.dns_upstreams[0], "1.1.1.1:53".parse().expect("addr"));
         assert_eq!(c.dns_hosts[0].name, "foo.test");
         assert_eq!(c.max_flows, 10);
+        assert_eq!(c.tftp_root, Some(PathBuf::from("/")));
+        assert_eq!(c.bootfile.as_deref(), Some("pxelinux.0"));
+        assert_eq!(c.guestfwd.len(), 2);
+        assert_eq!(
+            c.guestfwd[0].to_string(),
+            "tcp:192.168.76.100:8080-cmd:nc -U /run/x"
+        );
+        assert_eq!(c.guestfwd[1].addr_in(c.net), Ipv4Addr::new(192, 168, 76, 4));
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -457,6 +498,15 @@ mod tests {
         assert_eq!(c.host, Ipv4Addr::new(10, 1, 2, 2));
         assert_eq!(c.dns, Ipv4Addr::new(10, 1, 0, 53));
         assert_eq!(c.dhcpstart, Ipv4Addr::new(10, 1, 2, 15));
+    }
+
+    #[test]
+    fn sandbox_is_on_unless_no_sandbox() {
+        assert!(!qemu(&[]).expect("parses").no_sandbox);
+        assert!(qemu(&["--no-sandbox"]).expect("parses").no_sandbox);
+        let cli = parse(["usernet", "ns", "--no-sandbox", "--", "true"]).expect("parses");
+        assert!(matches!(cli.command, Command::Ns(n) if n.stack.no_sandbox));
+        assert!(usage(&["--no-sandbox=yes"]).contains("--no-sandbox"));
     }
 
     #[test]
@@ -476,6 +526,11 @@ mod tests {
             (&["--dns-upstream", "resolver"], "--dns-upstream"),
             (&["--dns-host", "nothing"], "--dns-host"),
             (&["--host", "10.0.2.300"], "--host"),
+            (&["--tftp", "/nonexistent/usernet"], "--tftp"),
+            (&["--tftp", "/etc/passwd"], "--tftp"),
+            (&["--guestfwd", "tcp:10.0.2.100:80"], "--guestfwd"),
+            (&["--guestfwd", "udp:10.0.2.100:80-cmd:cat"], "--guestfwd"),
+            (&["--guestfwd", "tcp:10.0.2.100:80-exec:cat"], "--guestfwd"),
             (&["--bogus"], "--bogus"),
         ] {
             let line = usage(extra);

@@ -1,5 +1,6 @@
 //! The event loop's [`Control`]s: the API socket, slirp4netns's
-//! `--exit-fd` and `--ready-fd`, and the watcher of `usernet ns`'s command.
+//! `--exit-fd` and `--ready-fd`, the watcher of `usernet ns`'s command,
+//! and [`Lockdown`], which enters the sandbox once set-up is done.
 //!
 //! The API socket is a non-blocking unix listener. Each accepted
 //! connection (at most [`MAX_CONNS`] at once; more are closed at once) is
@@ -19,6 +20,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use usernet_core::Stack;
 use usernet_core::config::HostFwd;
+use usernet_host::sandbox::Sandbox;
 use usernet_host::sockets::MioPoller;
 use usernet_host::{Control, DRIVER_TOKEN_BASE, Flow, Sockets};
 
@@ -250,12 +252,44 @@ impl Control for ReadyFd {
         Ok(())
     }
 
-    fn started(&mut self) {
+    fn started(&mut self) -> io::Result<()> {
         if let Some(mut f) = self.0.take()
             && let Err(e) = f.write_all(b"1")
         {
             tracing::warn!("ready fd: {e}");
         }
+        Ok(())
+    }
+
+    fn owns(&self, _: Token) -> bool {
+        false
+    }
+
+    fn ready(&mut self, _: &Registry, _: Token, _: &mut Stack, _: &mut Sockets<MioPoller>) -> Flow {
+        Flow::Continue
+    }
+}
+
+/// Enters the [`Sandbox`] (unless `--no-sandbox`) when the loop has
+/// started: the latest point before serving, once the transport, the
+/// controls and the stack's own sockets are set up. Goes first among the
+/// controls, so that slirp4netns's ready fd means "sandboxed" too.
+pub struct Lockdown(pub Option<Sandbox>);
+
+impl Control for Lockdown {
+    fn register(&mut self, _: &Registry) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn started(&mut self) -> io::Result<()> {
+        match self.0.take() {
+            Some(sandbox) => {
+                sandbox.enter().map_err(io::Error::other)?;
+                tracing::info!("sandbox: seccomp filter installed (--no-sandbox turns it off)");
+            }
+            None => tracing::info!("sandbox: off (--no-sandbox)"),
+        }
+        Ok(())
     }
 
     fn owns(&self, _: Token) -> bool {

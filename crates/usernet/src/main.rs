@@ -7,9 +7,13 @@
 //!   slirp4netns 1.2's command line ([`slirp4netns`]).
 //!
 //! Any mode can serve the slirp4netns JSON API ([`api`], [`control`]).
+//! Every mode enters the sandbox ([`usernet_host::sandbox`]) once it is
+//! set up, just before it serves the first event ([`Lockdown`]), unless
+//! `--no-sandbox`.
 //!
 //! Exit codes: 0 after SIGINT/SIGTERM, 1 when serving fails (cannot bind
-//! the socket, cannot listen for a port forward, cannot set up the tap), 2
+//! the socket, cannot listen for a port forward, cannot set up the tap or
+//! enter the sandbox), 159 when the sandbox denied a system call, 2
 //! for a bad command line or configuration (1 in slirp4netns mode, as
 //! slirp4netns); `ns` exits with its command's status (128 + signal if it
 //! was killed). Errors are one line on stderr, starting `usernet: `.
@@ -30,15 +34,17 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
+use usernet_core::host::GuestFwdTarget;
 use usernet_core::{Config, Stack};
 use usernet_host::netns;
 use usernet_host::pcap::Pcap;
+use usernet_host::sandbox::Sandbox;
 use usernet_host::sockets::MioPoller;
 use usernet_host::tap::{LinkConfig, Tap};
 use usernet_host::{Control, Sockets, Stopped, StreamServer};
 
 use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
-use crate::control::{ApiServer, ReadyFd, StopOn};
+use crate::control::{ApiServer, Lockdown, ReadyFd, StopOn};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -141,7 +147,8 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut controls: Vec<&mut dyn Control> = Vec::new();
+    let mut lockdown = Lockdown(sandbox_for(args.stack.no_sandbox, &cfg));
+    let mut controls: Vec<&mut dyn Control> = vec![&mut lockdown];
     if let Some(a) = &mut api {
         controls.push(a);
     }
@@ -190,13 +197,15 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// Serves `cfg` on the tap `fd` until a signal or a control stops it.
+/// Serves `cfg` on the tap `fd` until a signal or a control stops it,
+/// in `sandbox` (if any) once set up.
 fn serve_tap(
     cfg: Config,
     fd: OwnedFd,
     tap_name: &str,
     pcap: Option<&Path>,
     outbound: (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    sandbox: Option<Sandbox>,
     controls: &mut [&mut dyn Control],
 ) -> anyhow::Result<Stopped> {
     let pcap = match pcap {
@@ -214,8 +223,14 @@ fn serve_tap(
     let mut tap = Tap::new(fd, tap_name, cfg.max_frame());
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r)).with_outbound(outbound.0, outbound.1);
+    // The sandbox goes first (see Lockdown).
+    let mut lockdown = Lockdown(sandbox);
+    let mut all: Vec<&mut dyn Control> = vec![&mut lockdown];
+    for c in controls.iter_mut() {
+        all.push(&mut **c);
+    }
     Ok(usernet_host::run_with(
-        &mut stack, &mut tap, pcap, sockets, controls,
+        &mut stack, &mut tap, pcap, sockets, &mut all,
     )?)
 }
 
@@ -270,12 +285,15 @@ fn serve_ns(
     if let Some(a) = &mut api {
         controls.push(a);
     }
+    // The command may be reaped and killed from inside the sandbox.
+    let sandbox = sandbox_for(args.stack.no_sandbox, &cfg).map(|s| s.child(child.id()));
     let stopped = serve_tap(
         cfg,
         fd,
         &args.tap.tap,
         args.stack.pcap.as_deref(),
         (None, None),
+        sandbox,
         &mut controls,
     );
     if !matches!(stopped, Ok(Stopped::Control)) {
@@ -319,12 +337,14 @@ fn attach(args: AttachArgs) -> ExitCode {
         if let Some(a) = &mut api {
             controls.push(a);
         }
+        let sandbox = sandbox_for(args.stack.no_sandbox, &cfg);
         serve_tap(
             cfg,
             fd,
             &args.tap.tap,
             args.stack.pcap.as_deref(),
             (None, None),
+            sandbox,
             &mut controls,
         )?;
         Ok(())
@@ -364,13 +384,50 @@ fn slirp4netns_main(prog: &str, args: &[OsString]) -> ExitCode {
     }
 }
 
+/// The sandbox for a stack serving `cfg`, unless `--no-sandbox`: TFTP
+/// needs read-only opens, a `unix:` guestfwd unix sockets. A `cmd:`
+/// guestfwd would run its command under the filter (seccomp is inherited
+/// across `execve`), where no shell can work, so it turns the filter off.
+fn sandbox_for(no_sandbox: bool, cfg: &Config) -> Option<Sandbox> {
+    if no_sandbox {
+        return None;
+    }
+    if cfg
+        .guestfwd
+        .iter()
+        .any(|g| matches!(g.target, GuestFwdTarget::Cmd(_)))
+    {
+        tracing::warn!(
+            "--guestfwd ...-cmd: runs commands, which a seccomp filter would break: running without the sandbox"
+        );
+        return None;
+    }
+    let mut sandbox = Sandbox::new();
+    if cfg.tftp_root.is_some() {
+        sandbox = sandbox.read_files();
+    }
+    if cfg
+        .guestfwd
+        .iter()
+        .any(|g| matches!(g.target, GuestFwdTarget::Unix(_)))
+    {
+        sandbox = sandbox.unix_sockets();
+    }
+    Some(sandbox)
+}
+
 fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
-    if a.enable_sandbox {
-        tracing::warn!("--enable-sandbox: not built yet; running without a sandbox");
-    }
-    if a.enable_seccomp {
-        tracing::warn!("--enable-seccomp: not built yet; running without seccomp");
-    }
+    // The seccomp filter is on whether or not --enable-seccomp asks for
+    // it; --enable-sandbox adds slirp4netns's mount namespace and
+    // capability drop; usernet's own --no-sandbox turns both off.
+    let sandbox = if a.no_sandbox {
+        if a.enable_sandbox || a.enable_seccomp {
+            tracing::warn!("--no-sandbox: ignoring --enable-sandbox and --enable-seccomp");
+        }
+        None
+    } else {
+        Some(Sandbox::new().isolate(a.enable_sandbox))
+    };
     let net = a.cidr;
     let host_n = |n: u32| Ipv4Addr::from(u32::from(net.network()) | (n & !u32::from(net.mask())));
     let guest = host_n(100);
@@ -422,6 +479,7 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
         &a.tapname,
         None,
         (a.outbound_addr, a.outbound_addr6),
+        sandbox,
         &mut controls,
     )?;
     Ok(())

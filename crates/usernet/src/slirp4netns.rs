@@ -7,6 +7,13 @@
 //! short flags (`-c6`) must behave as slirp4netns's do. Defaults: network
 //! 10.0.2.0/24, namespace address .100, gateway .2, DNS .3, MTU 1500, tap
 //! `tap0`, target a PID.
+//!
+//! The sandbox differs: usernet's seccomp filter is on in every mode, so
+//! `--enable-seccomp` changes nothing; `--enable-sandbox` adds, as in
+//! slirp4netns, a new mount namespace with an empty root and the drop of
+//! every capability but `CAP_NET_BIND_SERVICE`
+//! ([`usernet_host::sandbox`]). usernet's own `--no-sandbox` (accepted
+//! here, not listed in the help, which is slirp4netns's) turns both off.
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -78,6 +85,8 @@ pub struct Args {
     pub enable_sandbox: bool,
     /// `--enable-seccomp`.
     pub enable_seccomp: bool,
+    /// `--no-sandbox` (usernet's own, not in slirp4netns's `--help`).
+    pub no_sandbox: bool,
     /// `--outbound-addr`.
     pub outbound_addr: Option<Ipv4Addr>,
     /// `--outbound-addr6`.
@@ -145,6 +154,7 @@ const FLAGS: &[(Option<char>, &str)] = &[
     (None, "disable-host-loopback"),
     (None, "enable-sandbox"),
     (None, "enable-seccomp"),
+    (None, "no-sandbox"),
     (None, "disable-dns"),
     (Some('h'), "help"),
     (Some('v'), "version"),
@@ -249,6 +259,7 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, String> {
         userns_path: None,
         enable_sandbox: false,
         enable_seccomp: false,
+        no_sandbox: false,
         outbound_addr: None,
         outbound_addr6: None,
         disable_dns: false,
@@ -266,6 +277,7 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, String> {
             "disable-host-loopback" => out.disable_host_loopback = true,
             "enable-sandbox" => out.enable_sandbox = true,
             "enable-seccomp" => out.enable_seccomp = true,
+            "no-sandbox" => out.no_sandbox = true,
             "disable-dns" => out.disable_dns = true,
             "exit-fd" => out.exit_fd = Some(parse_fd("--exit-fd", &v)?),
             "ready-fd" => out.ready_fd = Some(parse_fd("--ready-fd", &v)?),
@@ -394,6 +406,7 @@ mod tests {
             "tap0",
         ]);
         assert!(a.disable_host_loopback && a.enable_sandbox && a.enable_seccomp);
+        assert!(!a.no_sandbox);
         assert!(a.enable_ipv6 && a.configure && a.netns_is_path);
         assert_eq!((a.mtu, a.ready_fd, a.exit_fd), (65520, Some(3), Some(4)));
         assert_eq!(a.target, "/run/netns/x");
@@ -427,6 +440,14 @@ mod tests {
         assert_eq!(a.outbound_addr, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(a.macaddress, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(a.userns_path, Some(PathBuf::from("/proc/1/ns/user")));
+    }
+
+    #[test]
+    fn no_sandbox_is_ours() {
+        let a = run(&["--no-sandbox", "--enable-seccomp", "7"]);
+        assert!(a.no_sandbox && a.enable_seccomp && !a.enable_sandbox);
+        assert!(!help("slirp4netns").contains("--no-sandbox"));
+        assert!(err(&["--no-sandbox=1", "7"]).contains("--no-sandbox"));
     }
 
     #[test]

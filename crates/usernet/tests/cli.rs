@@ -78,3 +78,42 @@ fn deny_with_an_unbracketed_ipv6_port() {
 fn restrict_with_a_bad_switch() {
     rejects(&["--restrict=sometimes"], "--restrict");
 }
+
+#[test]
+fn tftp_not_a_directory() {
+    rejects(&["--tftp", "/nonexistent/usernet-tftp"], "--tftp");
+}
+
+#[test]
+fn bootfile_too_long() {
+    let long = "b".repeat(128);
+    rejects(&["--bootfile", &long], "--bootfile");
+}
+
+#[test]
+fn guestfwd_malformed() {
+    rejects(&["--guestfwd", "tcp:10.0.2.100:80-bogus"], "--guestfwd");
+}
+
+#[test]
+fn guestfwd_outside_net() {
+    rejects(&["--guestfwd", "tcp:10.0.3.100:80-cmd:cat"], "--guestfwd");
+}
+
+#[test]
+fn guestfwd_on_the_gateway() {
+    rejects(&["--guestfwd", "tcp:10.0.2.2:80-cmd:cat"], "--guestfwd");
+}
+
+#[test]
+fn guestfwd_twice() {
+    rejects(
+        &[
+            "--guestfwd",
+            "tcp:10.0.2.100:80-cmd:cat",
+            "--guestfwd",
+            "tcp:10.0.2.100:80-unix:/tmp/x",
+        ],
+        "--guestfwd",
+    );
+}

@@ -129,8 +129,9 @@ fn fetch_with_retry(port: u16) -> String {
 
 /// `usernet attach --restrict` with holes for one TCP and one UDP port on
 /// the gateway and one TCP port on the IPv6 gateway: those pass, the
-/// other ports and outside pings are refused in both families, DNS and
-/// gateway pings are served, and a port forward from the host works.
+/// other ports and outside pings are refused in both families, gateway
+/// pings and local DNS names are served but other names are not forwarded,
+/// and a port forward from the host works.
 #[test]
 fn attach_restrict_allows_only_the_holes() {
     assert_isolated_netns();
@@ -186,7 +187,8 @@ fn attach_restrict_allows_only_the_holes() {
 busybox ping -6 -c 1 -W 3 2001:db8::1 2>&1 | sed 's/^/ping6_no: /'
 busybox ping -c 1 -W 5 10.0.2.2 2>&1 | sed 's/^/ping4_gw: /'
 busybox ping -6 -c 1 -W 5 fec0::2 2>&1 | sed 's/^/ping6_gw: /'
-busybox nslookup www.usernet.test 10.0.2.3 2>&1 | sed 's/^/dns: /'
+busybox nslookup www.usernet.test 10.0.2.3 2>&1 | sed 's/^/dns_fwd: /'
+busybox nslookup host.internal 10.0.2.3 2>&1 | sed 's/^/dns_local: /'
 ";
     let (_, out) = in_ns(ns.pid(), &script);
     let ctx = || format!("{out}\nlog:\n{}", log());
@@ -233,12 +235,17 @@ busybox nslookup www.usernet.test 10.0.2.3 2>&1 | sed 's/^/dns: /'
         "{}",
         ctx()
     );
-    let dns = prefixed(&out, "dns: ");
+    // DNS: configured names are answered; forwarding upstream is egress,
+    // which no --allow opened here, so the resolver never hears a query.
+    let dns = prefixed(&out, "dns_local: ");
+    assert!(has_address(&dns, "10.0.2.2"), "{dns}\n{}", ctx());
+    let dns = prefixed(&out, "dns_fwd: ");
     assert!(
-        has_address(&dns, &TEST_ANSWER.to_string()),
+        !has_address(&dns, &TEST_ANSWER.to_string()) && dns.contains("REFUSED"),
         "{dns}\n{}",
         ctx()
     );
+    assert_eq!(resolver.queries(), 0, "{}", ctx());
     // The refusals on the wire: administratively prohibited, per family.
     let icmp = unreachables(&pcap);
     let gw4: IpAddr = Ipv4Addr::new(10, 0, 2, 2).into();
@@ -342,7 +349,8 @@ busybox ping -c 1 -W 3 192.0.2.1 2>&1 | sed 's/^/ping4_no: /'
 
 /// A QEMU guest under `--restrict` with one TCP and one UDP hole: TCP,
 /// UDP and ping beyond the holes are refused, the holes, DNS through
-/// 10.0.2.3 and pings of the gateway work.
+/// 10.0.2.3 (opened by `--allow 10.0.2.3:53`) and pings of the gateway
+/// work.
 #[test]
 fn qemu_guest_restrict() {
     let tcp_ok = Server::tcp_banner("127.0.0.1:0", "tcp-ok");
@@ -360,6 +368,8 @@ fn qemu_guest_restrict() {
         &allow_tcp,
         "--allow",
         &allow_udp,
+        "--allow",
+        "10.0.2.3:53",
         "--pcap",
         &pcap_arg,
     ]);
