@@ -698,7 +698,9 @@ impl Config {
         Ok(())
     }
 
-    fn validate_guestfwd(&self) -> Result<(), ConfigError> {
+    /// The guestfwd part of [`Config::validate`] (also for forwards added
+    /// at run time).
+    pub(crate) fn validate_guestfwd(&self) -> Result<(), ConfigError> {
         let n = self.net;
         let taken = [
             self.host,

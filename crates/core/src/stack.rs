@@ -24,7 +24,7 @@ use smoltcp::wire::{
     UdpPacket, UdpRepr,
 };
 
-use crate::config::{Config, DnsHost, HostFwd};
+use crate::config::{Config, ConfigError, DnsHost, GuestFwd, HostFwd};
 use crate::flow::{FLOW_TOKEN_LIMIT, FlowId, Key, Table};
 use crate::host::{HostEvent, HostIo, Proto as HostProto, Token};
 use crate::icmp::{self, IcmpFlow};
@@ -283,6 +283,29 @@ impl Stack {
             }
             None => false,
         }
+    }
+
+    /// Adds a guest forward at run time (libslirp's `slirp_add_exec` and
+    /// `slirp_add_unix`); refused if its address is not a free one of the
+    /// network or it is there already.
+    pub fn add_guestfwd(&mut self, fwd: GuestFwd) -> Result<(), ConfigError> {
+        self.cfg.guestfwd.push(fwd);
+        let checked = self.cfg.validate_guestfwd();
+        if checked.is_err() {
+            self.cfg.guestfwd.pop();
+        }
+        checked
+    }
+
+    /// Removes the guest forward serving `addr:port`; connections it made
+    /// stay up. False if there is none.
+    pub fn remove_guestfwd(&mut self, addr: Ipv4Addr, port: u16) -> bool {
+        let net = self.cfg.net;
+        let before = self.cfg.guestfwd.len();
+        self.cfg
+            .guestfwd
+            .retain(|g| !(g.addr_in(net) == addr && g.port == port));
+        self.cfg.guestfwd.len() != before
     }
 
     /// The port forwards in force, with their ids.

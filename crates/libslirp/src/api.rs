@@ -11,8 +11,9 @@
 //! - catches any panic so that none unwinds into C, reports it through the
 //!   embedder's `guest_error`, and poisons the instance.
 //!
-//! Failure values are libslirp's: `NULL`, `-1`, or nothing. Features the
-//! core does not have yet (guest forwards) are exported and fail cleanly.
+//! Failure values are libslirp's: `NULL`, `-1`, or nothing. Guest forwards
+//! to a callback (`slirp_add_guestfwd`, `slirp_socket_recv`), which the
+//! core does not have yet, are exported and fail cleanly.
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io::Write as _;
@@ -21,7 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use libc::{in_addr, in6_addr, sockaddr, sockaddr_in, sockaddr_in6, socklen_t};
 use usernet_core::config::HostFwd;
-use usernet_core::host::Proto;
+use usernet_core::host::{GuestFwdTarget, Proto};
 
 use crate::callbacks::Callbacks;
 use crate::config::{
@@ -486,20 +487,68 @@ pub unsafe extern "C" fn slirp_remove_hostxfwd(
     })
 }
 
-/// Reports that guest forwards are not in usernet's core yet.
-fn no_guestfwd(slirp: *mut Slirp, name: &str) -> c_int {
+/// Adds a guest forward to `target` at `*guest_addr` (network order; 0:
+/// host 4 of the network, written back as libslirp does) and
+/// `guest_port`. 0 or -1 (reported through `guest_error`).
+///
+/// # Safety
+/// `guest_addr` is null or points to a writable `in_addr`.
+unsafe fn add_guestfwd(
+    slirp: *mut Slirp,
+    name: &str,
+    guest_addr: *mut in_addr,
+    guest_port: c_int,
+    target: Option<GuestFwdTarget>,
+) -> c_int {
+    let (Some(port), Some(target)) = (port(guest_port), target) else {
+        return -1;
+    };
+    if guest_addr.is_null() {
+        return -1;
+    }
+    // SAFETY: non-null and readable (the caller's contract).
+    let given = v4(unsafe { guest_addr.read_unaligned() });
+    let addr = (!given.is_unspecified()).then_some(given);
     enter(slirp, name, -1, |s| {
-        s.callbacks().guest_error(&format!(
-            "usernet: {name}: guest forwards are not supported yet"
-        ));
-        -1
+        match s.add_guestfwd(addr, port, target) {
+            Ok(served) => {
+                let out = in_addr {
+                    s_addr: u32::from(served).to_be(),
+                };
+                // SAFETY: writable (the caller's contract).
+                unsafe { guest_addr.write_unaligned(out) };
+                0
+            }
+            Err(e) => {
+                s.callbacks().guest_error(&format!("usernet: {name}: {e}"));
+                -1
+            }
+        }
     })
 }
 
-/// A guest forward to a command: not supported yet, -1.
+/// A C string argument as a Rust one (`None`: null or not UTF-8).
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// `p` is null or NUL-terminated.
+unsafe fn c_string(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and NUL-terminated (the caller's contract).
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
+/// A guest forward to a command: each guest connection to the address
+/// and port runs `sh -c cmdline` with the connection as its stdin and
+/// stdout. 0 or -1.
+///
+/// # Safety
+/// `cmdline` is NUL-terminated; `guest_addr` points to a writable
+/// `in_addr`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_add_exec(
     slirp: *mut Slirp,
@@ -507,14 +556,18 @@ pub unsafe extern "C" fn slirp_add_exec(
     guest_addr: *mut in_addr,
     guest_port: c_int,
 ) -> c_int {
-    let _ = (cmdline, guest_addr, guest_port);
-    no_guestfwd(slirp, "slirp_add_exec")
+    // SAFETY: forwarded contract.
+    unsafe {
+        let target = c_string(cmdline).map(GuestFwdTarget::Cmd);
+        add_guestfwd(slirp, "slirp_add_exec", guest_addr, guest_port, target)
+    }
 }
 
-/// A guest forward to a unix socket: not supported yet, -1.
+/// A guest forward to a unix stream socket, connected per guest
+/// connection. 0 or -1.
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// As [`slirp_add_exec`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_add_unix(
     slirp: *mut Slirp,
@@ -522,11 +575,15 @@ pub unsafe extern "C" fn slirp_add_unix(
     guest_addr: *mut in_addr,
     guest_port: c_int,
 ) -> c_int {
-    let _ = (unixsock, guest_addr, guest_port);
-    no_guestfwd(slirp, "slirp_add_unix")
+    // SAFETY: forwarded contract.
+    unsafe {
+        let target = c_string(unixsock).map(|p| GuestFwdTarget::Unix(p.into()));
+        add_guestfwd(slirp, "slirp_add_unix", guest_addr, guest_port, target)
+    }
 }
 
-/// A guest forward to a callback: not supported yet, -1.
+/// A guest forward to a callback (QEMU's `guestfwd=...-chardev`): not in
+/// usernet's core; reported, -1.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.
@@ -539,10 +596,16 @@ pub unsafe extern "C" fn slirp_add_guestfwd(
     guest_port: c_int,
 ) -> c_int {
     let _ = (write_cb, opaque, guest_addr, guest_port);
-    no_guestfwd(slirp, "slirp_add_guestfwd")
+    enter(slirp, "slirp_add_guestfwd", -1, |s| {
+        s.callbacks().guest_error(
+            "usernet: slirp_add_guestfwd: guest forwards to a callback are not supported yet",
+        );
+        -1
+    })
 }
 
-/// Removes a guest forward: none can exist, -1.
+/// Removes the guest forward (exec or unix) at `guest_addr:guest_port`.
+/// 0 or -1.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.
@@ -552,11 +615,19 @@ pub unsafe extern "C" fn slirp_remove_guestfwd(
     guest_addr: in_addr,
     guest_port: c_int,
 ) -> c_int {
-    let _ = (slirp, guest_addr, guest_port);
-    -1
+    let Some(port) = port(guest_port) else {
+        return -1;
+    };
+    enter(slirp, "slirp_remove_guestfwd", -1, |s| {
+        if s.remove_guestfwd(v4(guest_addr), port) {
+            0
+        } else {
+            -1
+        }
+    })
 }
 
-/// Room in a guest forward: none exists, 0.
+/// Room in a callback guest forward: none exists, 0.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.
@@ -570,7 +641,7 @@ pub unsafe extern "C" fn slirp_socket_can_recv(
     0
 }
 
-/// Data for a guest forward: none exists, the data is dropped.
+/// Data for a callback guest forward: none exists, the data is dropped.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.

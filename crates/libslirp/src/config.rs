@@ -10,8 +10,8 @@
 //! guarantees; later fields keep their defaults. The layouts are checked
 //! against the C header by `tests/layout.rs`.
 //!
-//! What the core does not do yet (TFTP, boot file) is reported through
-//! `guest_error` and otherwise ignored.
+//! What the core does not do (`tftp_server_name`, `enable_emu`, NC-SI) is
+//! reported through `guest_error` and otherwise ignored.
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -301,18 +301,17 @@ pub unsafe fn read_config(cfg: *const SlirpConfig) -> Result<Settings, ConfigErr
         };
         core.ipv6_host = ipv6((&raw const (*cfg).vhost6).read_unaligned());
         core.hostname = string((&raw const (*cfg).vhostname).read_unaligned(), "vhostname")?;
-        for (p, name) in [
-            (
-                (&raw const (*cfg).tftp_server_name).read_unaligned(),
-                "tftp_server_name",
-            ),
-            ((&raw const (*cfg).tftp_path).read_unaligned(), "tftp_path"),
-            ((&raw const (*cfg).bootfile).read_unaligned(), "bootfile"),
-        ] {
-            if !p.is_null() {
-                ignored.push(name);
-            }
+        if !(&raw const (*cfg).tftp_server_name)
+            .read_unaligned()
+            .is_null()
+        {
+            // libslirp puts it in DHCP option 66; the core's TFTP server
+            // is the gateway, which clients use without it.
+            ignored.push("tftp_server_name");
         }
+        core.tftp_root = string((&raw const (*cfg).tftp_path).read_unaligned(), "tftp_path")?
+            .map(std::path::PathBuf::from);
+        core.bootfile = string((&raw const (*cfg).bootfile).read_unaligned(), "bootfile")?;
         core.dhcpstart = ipv4((&raw const (*cfg).vdhcp_start).read_unaligned());
         core.dns = ipv4((&raw const (*cfg).vnameserver).read_unaligned());
         core.ipv6_dns = ipv6((&raw const (*cfg).vnameserver6).read_unaligned());

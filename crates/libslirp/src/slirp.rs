@@ -19,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use usernet_core::Stack;
-use usernet_core::config::HostFwd;
-use usernet_core::host::Proto;
+use usernet_core::config::{ConfigError as CoreConfigError, GuestFwd, HostFwd};
+use usernet_core::host::{GuestFwdTarget, Proto};
 use usernet_host::drive::{self, FrameSink, host_event};
 use usernet_host::{MioPoller, Sockets};
 
@@ -236,6 +236,25 @@ impl Slirp {
             .ok_or(ForwardError::NotFound)?;
         self.stack.remove_hostfwd(id, &mut self.sockets);
         Ok(())
+    }
+
+    /// Adds a guest forward (`slirp_add_exec`, `slirp_add_unix`); returns
+    /// the guest address it serves.
+    pub fn add_guestfwd(
+        &mut self,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+        target: GuestFwdTarget,
+    ) -> Result<Ipv4Addr, CoreConfigError> {
+        let fwd = GuestFwd { addr, port, target };
+        let served = fwd.addr_in(self.stack.config().net);
+        self.stack.add_guestfwd(fwd)?;
+        Ok(served)
+    }
+
+    /// Removes the guest forward serving `addr:port`.
+    pub fn remove_guestfwd(&mut self, addr: Ipv4Addr, port: u16) -> bool {
+        self.stack.remove_guestfwd(addr, port)
     }
 
     /// `slirp_state_save`'s bytes: the bound DHCP leases in libslirp's

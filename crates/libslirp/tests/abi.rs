@@ -431,14 +431,29 @@ fn info_state_and_unsupported_features() {
         assert_eq!(slirp_state_version(), 4);
         assert!(slirp_state_load(s, 4, None, std::ptr::null_mut()) < 0);
         assert_eq!(slirp_state_save(s, None, std::ptr::null_mut()), -1);
+        // Guest forwards: address 0 is host 4, written back.
         let mut addr = libc::in_addr { s_addr: 0 };
-        assert_eq!(slirp_add_exec(s, c"cat".as_ptr(), &mut addr, 4321), -1);
-        assert_eq!(slirp_add_unix(s, c"/x".as_ptr(), &mut addr, 4321), -1);
+        assert_eq!(slirp_add_exec(s, c"cat".as_ptr(), &mut addr, 4321), 0);
+        assert_eq!(addr.s_addr, u32::from_ne_bytes([10, 0, 2, 4]));
         assert_eq!(
-            slirp_add_guestfwd(s, None, std::ptr::null_mut(), &mut addr, 1),
-            -1
+            slirp_add_unix(s, c"/x".as_ptr(), &mut addr, 4321),
+            -1,
+            "twice"
         );
-        assert_eq!(slirp_remove_guestfwd(s, addr, 1), -1);
+        let mut gw = libc::in_addr {
+            s_addr: u32::from_ne_bytes([10, 0, 2, 2]),
+        };
+        assert_eq!(
+            slirp_add_unix(s, c"/x".as_ptr(), &mut gw, 1),
+            -1,
+            "the gateway"
+        );
+        assert_eq!(slirp_remove_guestfwd(s, addr, 4321), 0);
+        assert_eq!(slirp_remove_guestfwd(s, addr, 4321), -1, "removed twice");
+        assert_eq!(slirp_add_unix(s, c"/x".as_ptr(), &mut addr, 4321), 0);
+        // ... but not to a callback.
+        let cb_fwd = slirp_add_guestfwd(s, None, std::ptr::null_mut(), &mut addr, 1);
+        assert_eq!(cb_fwd, -1);
         assert_eq!(slirp_socket_can_recv(s, addr, 1), 0);
         let v = CStr::from_ptr(slirp_version_string()).to_string_lossy();
         assert!(v.starts_with("4.9"), "{v}");
