@@ -11,8 +11,9 @@
 //!
 //! - `qemu_nic_user`: `qemu-system-x86_64 -nic user,model=virtio-net-pci,
 //!   hostfwd=...` boots the test guest: DHCP, DNS, HTTP to the host through
-//!   10.0.2.2, ping, 64 MiB from a host client to a guest server through the
-//!   forward; then the monitor's `hostfwd_add`, `info usernet` (listing a
+//!   10.0.2.2, ping, a TFTP download (`tftp=`), a `guestfwd=` to a command,
+//!   64 MiB from a host client to a guest server through the forward; then
+//!   the monitor's `hostfwd_add`, `info usernet` (listing a
 //!   live connection) and `hostfwd_remove`.
 //! - `slirp4netns_configure`: Debian's `slirp4netns --configure` serves a
 //!   namespace: TCP to the host, DNS, and its API's `add_hostfwd`.
@@ -223,13 +224,22 @@ for i in $(seq 100); do netstat -ltn | grep -q ':{fwd_port} ' && break; sleep 0.
 nslookup qemu.usernet.test 10.0.2.3 | sed 's/^/ns: /'
 echo body=$(timeout 20 wget -q -O- http://10.0.2.2:{http}/)
 ping -c 1 -W 5 10.0.2.2 >/dev/null && echo ping=ok
+timeout 20 tftp -g -r hello.txt -l /tmp/t 10.0.2.2 && echo tftp=$(cat /tmp/t)
+echo cmd=$(timeout 20 socat - TCP:10.0.2.100:4321 </dev/null)
 for i in $(seq 600); do [ -s /tmp/in ] && break; sleep 0.5; done
 cat /tmp/in
 timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-time'
 ",
         http = http.port()
     );
-    let options = format!("model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{fwd_port}-:{fwd_port}");
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).expect("tftp dir");
+    std::fs::write(tftp.join("hello.txt"), "hello-over-tftp\n").expect("tftp file");
+    let options = format!(
+        "model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{fwd_port}-:{fwd_port},tftp={},\
+         guestfwd=tcp:10.0.2.100:4321-cmd:echo hello-from-cmd",
+        tftp.display()
+    );
     let args = [
         "-monitor".to_owned(),
         format!("unix:{},server=on,wait=off", monitor_path.display()),
@@ -271,6 +281,16 @@ timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-ti
     assert!(resolver.queries() > 0);
     assert_eq!(field(&out, "body"), Some("hello-from-host"));
     assert_eq!(field(&out, "ping"), Some("ok"));
+    assert_eq!(
+        field(&out, "tftp"),
+        Some("hello-over-tftp"),
+        "TFTP download"
+    );
+    assert_eq!(
+        field(&out, "cmd"),
+        Some("hello-from-cmd"),
+        "guestfwd to a command"
+    );
     assert_eq!(guest_sha(&out, "in"), Some(want.as_str()), "64 MiB differ");
 
     assert_eq!(host.added_reply.trim(), "added-at-run-time");
