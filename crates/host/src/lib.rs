@@ -8,6 +8,7 @@
 //! - [`netns`]: opening that tap inside another network namespace, and
 //!   starting a command in new namespaces;
 //! - [`pcap`]: the `--pcap` capture;
+//! - [`limits`]: the descriptor limit and the flow limit it allows;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -15,6 +16,7 @@
 //! mio's `usize` tokens.
 
 pub mod event_loop;
+pub mod limits;
 pub mod netns;
 pub mod pcap;
 pub mod sockets;

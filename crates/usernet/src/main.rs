@@ -31,11 +31,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use usernet_core::{Config, Stack};
-use usernet_host::netns;
 use usernet_host::pcap::Pcap;
 use usernet_host::sockets::MioPoller;
 use usernet_host::tap::{LinkConfig, Tap};
 use usernet_host::{Control, Sockets, Stopped, StreamServer};
+use usernet_host::{limits, netns};
 
 use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
 use crate::control::{ApiServer, ReadyFd, StopOn};
@@ -100,9 +100,23 @@ fn resolv_conf() -> Vec<SocketAddr> {
     }
 }
 
+/// Raises the descriptor limit and sets `cfg.max_flows` from it: an
+/// explicit `--max-flows` wins, capped at what the descriptors allow (see
+/// `usernet_host::limits`).
+fn set_flow_limit(cfg: &mut Config, explicit: Option<usize>) {
+    match limits::raise_nofile() {
+        Ok(nofile) => {
+            cfg.max_flows = limits::max_flows(explicit, nofile, cfg.hostfwd.len());
+            tracing::debug!("RLIMIT_NOFILE {nofile}: at most {} flows", cfg.max_flows);
+        }
+        Err(e) => tracing::warn!(%e, "cannot read RLIMIT_NOFILE; at most {} flows", cfg.max_flows),
+    }
+}
+
 /// `usernet qemu`.
 fn qemu(args: QemuArgs) -> ExitCode {
-    let cfg = args.stack.config(resolv_conf);
+    let mut cfg = args.stack.config(resolv_conf);
+    set_flow_limit(&mut cfg, args.stack.max_flows);
     if let Err(e) = cfg.validate() {
         eprintln!("usernet: {e}");
         return ExitCode::from(2);
@@ -155,6 +169,7 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
 /// namespace's address as the default port-forward target.
 fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), String> {
     let mut cfg = stack.config(resolv_conf);
+    set_flow_limit(&mut cfg, stack.max_flows);
     let guest = tap.guest_addr(cfg.net);
     if !cfg.net.contains(guest)
         || guest == cfg.host
@@ -374,7 +389,7 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
     let net = a.cidr;
     let host_n = |n: u32| Ipv4Addr::from(u32::from(net.network()) | (n & !u32::from(net.mask())));
     let guest = host_n(100);
-    let cfg = Config {
+    let mut cfg = Config {
         net,
         host: host_n(2),
         dns: host_n(3),
@@ -387,6 +402,7 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
         dns_upstreams: resolv_conf(),
         ..Config::default()
     };
+    set_flow_limit(&mut cfg, None);
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.exit_fd.is_some() && a.exit_fd == a.ready_fd {
         anyhow::bail!("--exit-fd and --ready-fd must differ");

@@ -63,3 +63,13 @@ fn mtu_not_a_number() {
 fn hostfwd_malformed() {
     rejects(&["--hostfwd", "bogus"], "--hostfwd");
 }
+
+#[test]
+fn max_flows_zero() {
+    rejects(&["--max-flows", "0"], "--max-flows");
+}
+
+#[test]
+fn max_flows_not_a_number() {
+    rejects(&["--max-flows", "many"], "--max-flows");
+}
