@@ -359,7 +359,7 @@ fn ip_options_are_skipped_not_refused() {
     });
     let mut h = harness(Config::default());
     h.frame(&f);
-    assert_eq!(replies(&mut h), vec![Reply::EchoReply(9)]);
+    assert_eq!(replies(&mut h), vec![Reply::Echo(9)]);
     assert_eq!(h.stack.counters().malformed, 0);
 }
 
@@ -371,7 +371,7 @@ fn padding_after_the_ip_packet_is_ignored() {
     f.extend_from_slice(&[0xee; 18]);
     let mut h = harness(Config::default());
     h.frame(&f);
-    assert_eq!(replies(&mut h), vec![Reply::EchoReply(10)]);
+    assert_eq!(replies(&mut h), vec![Reply::Echo(10)]);
 }
 
 #[test]

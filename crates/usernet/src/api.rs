@@ -76,7 +76,7 @@ struct List {
 }
 
 /// The API's state: the forwards it added, and the next id.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Api {
     entries: Vec<Entry>,
     next_id: u64,

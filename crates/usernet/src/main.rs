@@ -6,14 +6,14 @@
 //! - `slirp4netns` (also when argv\[0\] is `slirp4netns`): `attach` with
 //!   slirp4netns 1.2's command line ([`slirp4netns`]).
 //!
-//! Any mode can serve the slirp4netns JSON API ([`api`], [`control`]).
+//! Any mode can serve the slirp4netns JSON API ([`api`], in the library
+//! part so it can be fuzzed, and [`control`]).
 //!
 //! Exit codes: 0 after SIGINT/SIGTERM, 1 when serving fails (cannot bind
 //! the socket, cannot listen for a port forward, cannot set up the tap), 2
 //! for a bad command line or configuration (1 in slirp4netns mode, as
 //! slirp4netns); `ns` exits with its command's status (128 + signal if it
 //! was killed). Errors are one line on stderr, starting `usernet: `.
-mod api;
 mod cli;
 mod control;
 mod slirp4netns;
@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
+use usernet::api;
 use usernet_core::{Config, Stack};
 use usernet_host::pcap::Pcap;
 use usernet_host::sockets::MioPoller;
@@ -107,7 +108,7 @@ fn set_flow_limit(cfg: &mut Config, explicit: Option<usize>) {
     match limits::raise_nofile() {
         Ok(nofile) => {
             cfg.max_flows = limits::max_flows(explicit, nofile, cfg.hostfwd.len());
-            tracing::debug!("RLIMIT_NOFILE {nofile}: at most {} flows", cfg.max_flows);
+            tracing::info!("RLIMIT_NOFILE {nofile}: at most {} flows", cfg.max_flows);
         }
         Err(e) => tracing::warn!(%e, "cannot read RLIMIT_NOFILE; at most {} flows", cfg.max_flows),
     }
@@ -161,8 +162,16 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
     }
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r));
-    usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls)?;
+    let result = usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls);
+    log_counters(&stack);
+    result?;
     Ok(())
+}
+
+/// What the stack counted, logged once it stops (drops, refusals and
+/// evictions show how hard the guest pushed).
+fn log_counters(stack: &Stack) {
+    tracing::info!("stopped: {:?}", stack.counters());
 }
 
 /// The configuration of a tap mode (`ns`, `attach`): the stack's, with the
@@ -229,9 +238,9 @@ fn serve_tap(
     let mut tap = Tap::new(fd, tap_name, cfg.max_frame());
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r)).with_outbound(outbound.0, outbound.1);
-    Ok(usernet_host::run_with(
-        &mut stack, &mut tap, pcap, sockets, controls,
-    )?)
+    let result = usernet_host::run_with(&mut stack, &mut tap, pcap, sockets, controls);
+    log_counters(&stack);
+    Ok(result?)
 }
 
 fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<ApiServer>> {

@@ -224,7 +224,7 @@ pub enum Reply {
     /// An ARP reply saying who has this address.
     Arp(Ipv4Addr),
     /// An echo reply (either family) with this identifier.
-    EchoReply(u16),
+    Echo(u16),
     /// A TCP segment to this guest port.
     Tcp { dport: u16, control: TcpControl },
     /// ICMP destination unreachable (IPv4) with this code.
@@ -264,7 +264,7 @@ pub fn reply(frame: &[u8]) -> Reply {
                 IpProtocol::Icmp => match Icmpv4Packet::new_checked(ip.payload())
                     .and_then(|p| Icmpv4Repr::parse(&p, &caps))
                 {
-                    Ok(Icmpv4Repr::EchoReply { ident, .. }) => Reply::EchoReply(ident),
+                    Ok(Icmpv4Repr::EchoReply { ident, .. }) => Reply::Echo(ident),
                     Ok(Icmpv4Repr::DstUnreachable { reason, .. }) => Reply::Unreachable(reason),
                     _ => Reply::Other,
                 },
@@ -294,7 +294,7 @@ pub fn reply(frame: &[u8]) -> Reply {
             match Icmpv6Packet::new_checked(ip.payload())
                 .and_then(|p| Icmpv6Repr::parse(&r.src_addr, &r.dst_addr, &p, &caps))
             {
-                Ok(Icmpv6Repr::EchoReply { ident, .. }) => Reply::EchoReply(ident),
+                Ok(Icmpv6Repr::EchoReply { ident, .. }) => Reply::Echo(ident),
                 _ => Reply::Other,
             }
         }
@@ -320,7 +320,7 @@ pub fn assert_serving(h: &mut Harness, ident: u16) {
     h.frame(&ping4(GW, ident, 1));
     assert_eq!(
         replies(h),
-        vec![Reply::Arp(GW), Reply::EchoReply(ident)],
+        vec![Reply::Arp(GW), Reply::Echo(ident)],
         "the stack answers ARP and ping afterwards"
     );
 }
