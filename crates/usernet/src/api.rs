@@ -121,9 +121,13 @@ pub fn is_complete(request: &[u8]) -> bool {
         || request.contains(&0)
         || match first_value(request) {
             Err(more) => !more,
-            // A number at the very end may still grow ("1", then "2"),
-            // or turn out bad ("1", then "x"): wait for what follows.
-            Ok((v, end)) => !(v.is_number() && end == request.len()),
+            // A number or literal at the very end may still grow ("1",
+            // then "2") or turn out bad ("true", then "x"): only objects,
+            // arrays and strings end themselves.
+            Ok((v, end)) => {
+                let delimited = v.is_object() || v.is_array() || v.is_string();
+                delimited || end < request.len()
+            }
         }
 }
 
@@ -450,6 +454,9 @@ mod tests {
         assert!(is_complete(b"\n3 "));
         assert!(is_complete(b"\n3\xb8"));
         assert!(is_complete(b"3 4"));
+        assert!(!is_complete(b"true"));
+        assert!(is_complete(b"truex"));
+        assert!(is_complete(b"\"x\""));
     }
 
     #[test]

@@ -103,7 +103,8 @@ fn resolv_conf() -> Vec<SocketAddr> {
 
 /// Raises the descriptor limit and sets `cfg.max_flows` from it: an
 /// explicit `--max-flows` wins, capped at what the descriptors allow (see
-/// `usernet_host::limits`).
+/// `usernet_host::limits`). Called once the configuration is valid (an
+/// explicit 0 is refused there), so a bad flag stays a one-line error.
 fn set_flow_limit(cfg: &mut Config, explicit: Option<usize>) {
     match limits::raise_nofile() {
         Ok(nofile) => {
@@ -117,11 +118,11 @@ fn set_flow_limit(cfg: &mut Config, explicit: Option<usize>) {
 /// `usernet qemu`.
 fn qemu(args: QemuArgs) -> ExitCode {
     let mut cfg = args.stack.config(resolv_conf);
-    set_flow_limit(&mut cfg, args.stack.max_flows);
     if let Err(e) = cfg.validate() {
         eprintln!("usernet: {e}");
         return ExitCode::from(2);
     }
+    set_flow_limit(&mut cfg, args.stack.max_flows);
     match serve_qemu(&args, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -178,7 +179,6 @@ fn log_counters(stack: &Stack) {
 /// namespace's address as the default port-forward target.
 fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), String> {
     let mut cfg = stack.config(resolv_conf);
-    set_flow_limit(&mut cfg, stack.max_flows);
     let guest = tap.guest_addr(cfg.net);
     if !cfg.net.contains(guest)
         || guest == cfg.host
@@ -196,6 +196,7 @@ fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), St
     // forwards before it saw the guest) is the namespace's.
     cfg.dhcpstart = guest;
     cfg.validate().map_err(|e| e.to_string())?;
+    set_flow_limit(&mut cfg, stack.max_flows);
     Ok((cfg, guest))
 }
 
@@ -411,8 +412,8 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
         dns_upstreams: resolv_conf(),
         ..Config::default()
     };
-    set_flow_limit(&mut cfg, None);
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    set_flow_limit(&mut cfg, None);
     if a.exit_fd.is_some() && a.exit_fd == a.ready_fd {
         anyhow::bail!("--exit-fd and --ready-fd must differ");
     }
