@@ -253,3 +253,33 @@ fn udp_flood() {
 fn fragment_flood() {
     flood("frag");
 }
+
+/// usernet raises its own descriptor limit to the hard limit (and sizes
+/// the flow table from it), but the command `usernet ns` runs keeps the
+/// soft limit usernet was started with.
+#[test]
+fn ns_raises_its_own_descriptor_limit_not_its_commands() {
+    assert_isolated_netns();
+    let out = std::process::Command::new("timeout")
+        .args(["60", "sh", "-c"])
+        .arg(r#"ulimit -Sn 1000 && exec "$0" ns --dns-upstream 127.0.0.1:9 -- sh -c 'echo soft=$(ulimit -Sn) hard=$(ulimit -Hn)'"#)
+        .arg(env!("CARGO_BIN_EXE_usernet"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run usernet ns");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stdout}\n{stderr}", out.status);
+    let hard = stdout
+        .split_once("hard=")
+        .map(|(_, h)| h.trim().to_owned())
+        .unwrap_or_default();
+    assert!(
+        stdout.contains("soft=1000 "),
+        "the command's limit: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("RLIMIT_NOFILE {hard}: at most")),
+        "usernet runs at the hard limit {hard}:\n{stderr}"
+    );
+}
