@@ -152,3 +152,36 @@ fn a_table_of_established_flows_refuses_with_rst_and_unreachable() {
     assert_eq!((c.flows_refused, c.flows_evicted), (2, 0));
     assert_eq!(h.stack.flow_count(), MAX_FLOWS);
 }
+
+#[test]
+fn datagram_flows_go_before_embryonic_connections() {
+    use usernet_core::testing::SockKind;
+    let mut h = harness(Config {
+        max_flows: 4,
+        ..Config::default()
+    });
+    let kinds =
+        |h: &Harness, kind: SockKind| h.host.socks.values().filter(|s| s.kind == kind).count();
+    h.frame(&tcp4(GW, Seg::syn(30000, 7000)));
+    h.frame(&tcp4(GW, Seg::syn(30001, 7001)));
+    h.frame(&udp4(40000, GW, 9000, b"x"));
+    h.frame(&udp4(40001, GW, 9001, b"x"));
+    assert_eq!((kinds(&h, SockKind::Tcp), kinds(&h, SockKind::Udp)), (2, 2));
+    // Two more connections push out both UDP flows, not the connects.
+    h.frame(&tcp4(GW, Seg::syn(30002, 7002)));
+    h.frame(&tcp4(GW, Seg::syn(30003, 7003)));
+    assert_eq!((kinds(&h, SockKind::Tcp), kinds(&h, SockKind::Udp)), (4, 0));
+    // Then the oldest connect goes, with a reset to the guest.
+    h.drain();
+    h.take_output();
+    h.frame(&tcp4(GW, Seg::syn(30004, 7004)));
+    assert_eq!(
+        replies(&mut h),
+        vec![Reply::Tcp {
+            dport: 30000,
+            control: TcpControl::Rst
+        }]
+    );
+    assert_eq!(h.stack.counters().flows_evicted, 3);
+    assert_eq!(h.stack.flow_count(), 4);
+}
