@@ -96,7 +96,7 @@ s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("tap0", 0))
 src_mac = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", b"tap0"))[18:24]  # SIOCGIFHWADDR
 start_tx, start_drop = stat("tx_packets"), stat("tx_dropped")
-deadline = time.time() + 150
+deadline = time.time() + 80  # the namespace lives 120 s
 pause, batch, sent = 0.0005, 200, 0
 while sent < count and time.time() < deadline:
     dropped = stat("tx_dropped")
@@ -181,7 +181,7 @@ fn flood(kind: &str) {
     let before = hwm_kib(usernet.pid());
 
     let cmd = format!(
-        "timeout 170 python3 {} {kind} {FLOOD} {sink_port} {} {mac}",
+        "timeout 100 python3 {} {kind} {FLOOD} {sink_port} {} {mac}",
         script.display(),
         http.port()
     );
