@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fuzz smoke test for CI: builds every fuzz target and runs each for a
-# bounded time (FUZZ_SECONDS, default 60) from seeds generated from
-# corpus/libslirp-fuzzing. Fails if any target finds a crash; the crashing
-# input is left in fuzz/artifacts/<target>/ (see fuzz/README.md for what to
-# do with it).
+# Fuzz smoke test for CI: builds every fuzz target (frames, stream, api) and
+# runs each for a bounded time (FUZZ_SECONDS, default 60) from seeds
+# generated from corpus/libslirp-fuzzing and slirp4netns' documented API
+# requests, replaying fuzz/regressions/<target>/ first. Fails if any target
+# finds a crash; the crashing input is left in fuzz/artifacts/<target>/ (see
+# fuzz/README.md for what to do with it).
 #
 # cargo-fuzz needs nightly-only compiler flags; on a stable toolchain
 # RUSTC_BOOTSTRAP=1 lets them through (set here unless already set).

@@ -6,9 +6,12 @@
 //! cargo run --example make_seeds
 //! ```
 //!
-//! It writes `corpus/frames/` and `corpus/stream/` under `fuzz/` (the
-//! directories cargo-fuzz uses by default); the output is deterministic, so
-//! re-running it only rewrites the same files.
+//! It writes `corpus/frames/`, `corpus/stream/` and `corpus/api/` under
+//! `fuzz/` (the directories cargo-fuzz uses by default); the output is
+//! deterministic, so re-running it only rewrites the same files. The `api`
+//! seeds are the request shapes of slirp4netns' documentation
+//! (`add_hostfwd`, `list_hostfwd`, `remove_hostfwd`), whole, truncated and
+//! oversized.
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -78,6 +81,64 @@ fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
     s
 }
 
+/// Requests as slirp4netns(1) documents them.
+const API_REQUESTS: &[&str] = &[
+    r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "0.0.0.0", "host_port": 8080, "guest_addr": "10.0.2.100", "guest_port": 80}}"#,
+    r#"{"execute": "add_hostfwd", "arguments": {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "guest_port": 53}}"#,
+    r#"{"execute": "list_hostfwd"}"#,
+    r#"{"execute": "remove_hostfwd", "arguments": {"id": 1}}"#,
+];
+
+/// An `api` input: the forwarder configuration byte, then the requests
+/// separated by 0x1e.
+fn api_session(config: u8, requests: &[&[u8]]) -> Vec<u8> {
+    let mut s = vec![config];
+    for (i, r) in requests.iter().enumerate() {
+        if i > 0 {
+            s.push(0x1e);
+        }
+        s.extend_from_slice(r);
+    }
+    s
+}
+
+fn api_seeds(dir: &Path) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let whole: Vec<&[u8]> = API_REQUESTS.iter().map(|r| r.as_bytes()).collect();
+    let mut seeds: Vec<(String, Vec<u8>)> = vec![
+        ("session".into(), api_session(8, &whole)),
+        ("session-add-fails".into(), api_session(9, &whole)),
+    ];
+    for (i, r) in API_REQUESTS.iter().enumerate() {
+        seeds.push((format!("request-{i}"), api_session(8, &[r.as_bytes()])));
+        // Truncated at a third and at two thirds: incomplete JSON.
+        for cut in [r.len() / 3, 2 * r.len() / 3] {
+            let t = &r.as_bytes()[..cut];
+            seeds.push((format!("request-{i}-cut-{cut}"), api_session(8, &[t, r.as_bytes()])));
+        }
+        // Complete, then trailing bytes, a NUL, and a second request.
+        let trailing = format!("{r} {r}\0{r}");
+        seeds.push((format!("request-{i}-trailing"), api_session(8, &[trailing.as_bytes()])));
+    }
+    let mut oversized = API_REQUESTS[0].as_bytes().to_vec();
+    oversized.resize(4200, b' ');
+    seeds.push(("oversized".into(), api_session(8, &[&oversized])));
+    let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    seeds.push(("deep-nesting".into(), api_session(8, &[deep.as_bytes()])));
+    let odd = [
+        r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_port": 1e400, "guest_port": -0}}"#,
+        r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_port": 65535.9, "guest_port": 65536}}"#,
+        r#"{"execute": "remove_hostfwd", "arguments": {"id": 1.5e0}}"#,
+        r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "::", "host_port": 1, "guest_addr": "", "guest_port": 1}}"#,
+        r#"{"execute": "list_hostfwd", "execute": "remove_hostfwd"}"#,
+    ];
+    let odd: Vec<&[u8]> = odd.iter().map(|r| r.as_bytes()).collect();
+    seeds.push(("odd-values".into(), api_session(6, &odd)));
+    for (name, s) in seeds {
+        fs::write(dir.join(name), s).expect("write");
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (fdir, sdir) = (root.join("corpus/frames"), root.join("corpus/stream"));
@@ -136,6 +197,7 @@ fn main() {
     for (name, s) in streams {
         fs::write(sdir.join(name), s).expect("write");
     }
+    api_seeds(&root.join("corpus/api"));
     println!(
         "{} captures -> {} and {}",
         paths.len(),

@@ -382,6 +382,13 @@ fn dst_for(ciaddr: Ipv4Addr) -> Ipv4Addr {
 
 /// Validates a request and decodes it, keeping only the options the server
 /// reads (see the module documentation for why).
+/// Whether `payload` is a well-formed DHCP request (a BOOTREQUEST with
+/// the magic cookie, its options ended): anything else sent to the server
+/// port is malformed.
+pub fn is_request(payload: &[u8]) -> bool {
+    parse(payload).is_some()
+}
+
 fn parse(payload: &[u8]) -> Option<Request> {
     let header = payload.get(..HEADER_LEN)?;
     // op BOOTREQUEST, htype Ethernet, hlen 6, magic cookie.

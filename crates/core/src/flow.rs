@@ -9,11 +9,24 @@
 //! maps the guest-side [`Key`] to the id for incoming frames.
 //!
 //! The table is bounded (`max_flows`): inserting into a full table fails and
-//! the caller refuses the flow (or evicts one it can spare first). Timers
+//! the caller refuses the flow or first evicts one it can spare. Timers
 //! are a min-heap of `(deadline, id)` with at most one live entry per flow
 //! (a later deadline is handled when the earlier one fires), so memory stays
 //! proportional to the number of flows. The ready queue lists flows that
 //! may have frames to send to the guest, each at most once.
+//!
+//! # Eviction
+//! The caller files each flow it could spare under an [`Evict`] class with
+//! a time stamp ([`Table::set_eviction`]; the flow's last activity or the
+//! start of its current phase); [`Table::pop_eviction`] names the flow to
+//! give up: the lowest class first, the oldest stamp first within it. Each
+//! class is a FIFO queue of `(id, stamp)`: a flow filed again gets a new
+//! entry and its old one goes stale (the slot remembers the current one),
+//! so refiling is O(1) and, since stamps are the monotonic `now` of the
+//! call, each queue stays in stamp order, an exact LRU. Stale entries are
+//! skipped when popped and swept out whenever a queue grows past twice the
+//! table's size, so the queues stay O(`max_flows`) however long the stack
+//! runs.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -62,11 +75,30 @@ pub struct Key {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// How readily a flow gives up its place in a full table, most readily
+/// first (see the module's "Eviction").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Evict {
+    /// UDP and ICMP echo associations: connectionless, so the peer at most
+    /// misses a reply; least recently active first.
+    Datagram,
+    /// TCP connections that finished and only linger to answer a
+    /// retransmitted FIN; their host socket is already closed.
+    Finished,
+    /// TCP connections not yet established (host connect pending, or the
+    /// guest has not completed the handshake): a SYN flood's leftovers.
+    Embryonic,
+}
+
+const EVICT_CLASSES: usize = 3;
+
 struct Slot<T> {
     generation: u32,
     entry: Option<(Key, T)>,
     scheduled: Option<Instant>,
     queued: bool,
+    /// The flow's current eviction entry, if it may be evicted.
+    evict: Option<(Evict, Instant)>,
 }
 
 /// A bounded table of flows of type `T`.
@@ -77,6 +109,9 @@ pub struct Table<T> {
     max: usize,
     timers: BinaryHeap<Reverse<(Instant, FlowId)>>,
     ready: VecDeque<FlowId>,
+    /// Eviction candidates by class, oldest stamp first (may hold stale
+    /// entries).
+    evictable: [VecDeque<(FlowId, Instant)>; EVICT_CLASSES],
 }
 
 impl<T> Table<T> {
@@ -89,6 +124,7 @@ impl<T> Table<T> {
             max,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
+            evictable: Default::default(),
         }
     }
 
@@ -120,6 +156,7 @@ impl<T> Table<T> {
                     entry: None,
                     scheduled: None,
                     queued: false,
+                    evict: None,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -184,6 +221,7 @@ impl<T> Table<T> {
         slot.generation = slot.generation.wrapping_add(1);
         slot.scheduled = None;
         slot.queued = false;
+        slot.evict = None;
         self.free.push(id.index);
         self.index.remove(&key);
         Some((key, value))
@@ -248,6 +286,61 @@ impl<T> Table<T> {
         }
         None
     }
+
+    /// Files a flow as evictable in `class` since `stamp`, or (`None`) as
+    /// not evictable; refiling with the same class and stamp is a no-op.
+    pub fn set_eviction(&mut self, id: FlowId, evict: Option<(Evict, Instant)>) {
+        let Some(slot) = self.slot_mut(id) else {
+            return;
+        };
+        if slot.evict == evict {
+            return;
+        }
+        slot.evict = evict;
+        let Some((class, stamp)) = evict else {
+            return;
+        };
+        let queue = &mut self.evictable[class as usize];
+        queue.push_back((id, stamp));
+        if queue.len() > 2 * self.max + 16 {
+            self.sweep(class);
+        }
+    }
+
+    /// Whether a queue entry is the flow's current one.
+    fn is_current(&self, class: Evict, (id, stamp): (FlowId, Instant)) -> bool {
+        self.slot(id)
+            .is_some_and(|s| s.evict == Some((class, stamp)))
+    }
+
+    /// Drops the stale entries of one class's queue.
+    fn sweep(&mut self, class: Evict) {
+        let mut queue = std::mem::take(&mut self.evictable[class as usize]);
+        queue.retain(|e| self.is_current(class, *e));
+        self.evictable[class as usize] = queue;
+    }
+
+    /// The flow to evict next (lowest class, oldest stamp), taken off its
+    /// queue; `None` if no flow may be evicted. The caller removes it.
+    pub fn pop_eviction(&mut self) -> Option<FlowId> {
+        for class in [Evict::Datagram, Evict::Finished, Evict::Embryonic] {
+            while let Some(entry) = self.evictable[class as usize].pop_front() {
+                if self.is_current(class, entry) {
+                    if let Some(slot) = self.slot_mut(entry.0) {
+                        slot.evict = None;
+                    }
+                    return Some(entry.0);
+                }
+            }
+        }
+        None
+    }
+
+    /// Entries in the eviction queues, stale ones included (for tests of
+    /// the bound).
+    pub fn eviction_entries(&self) -> usize {
+        self.evictable.iter().map(VecDeque::len).sum()
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +385,55 @@ mod tests {
         assert_eq!(t.pop_due(t0), None);
         assert_eq!(t.pop_due(t0 + Duration::from_secs(3)), Some(a));
         assert_eq!(t.pop_due(t0 + Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn eviction_is_by_class_then_age_and_queues_stay_bounded() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut t = Table::new(4);
+        let a = t.insert(key(1), ()).expect("room");
+        let b = t.insert(key(2), ()).expect("room");
+        let c = t.insert(key(3), ()).expect("room");
+        let d = t.insert(key(4), ()).expect("room");
+        t.set_eviction(a, Some((Evict::Embryonic, at(0))));
+        t.set_eviction(b, Some((Evict::Datagram, at(1))));
+        t.set_eviction(c, Some((Evict::Datagram, at(2))));
+        t.set_eviction(d, Some((Evict::Finished, at(0))));
+        // b is active again: c is now the least recently active datagram.
+        t.set_eviction(b, Some((Evict::Datagram, at(3))));
+        assert_eq!(t.pop_eviction(), Some(c));
+        t.remove(c);
+        assert_eq!(t.pop_eviction(), Some(b));
+        t.remove(b);
+        // d became established: no longer evictable.
+        t.set_eviction(d, None);
+        assert_eq!(t.pop_eviction(), Some(a));
+        t.remove(a);
+        assert_eq!(t.pop_eviction(), None);
+        // Refiling a flow over and over keeps the queues O(max).
+        for s in 0..10_000 {
+            t.set_eviction(d, Some((Evict::Datagram, at(s))));
+        }
+        assert!(
+            t.eviction_entries() <= 2 * 4 + 17,
+            "{}",
+            t.eviction_entries()
+        );
+        assert_eq!(t.pop_eviction(), Some(d));
+        t.remove(d);
+        // So does churn: flows filed and then removed by their owner.
+        for s in 0..10_000 {
+            let id = t.insert(key(5), ()).expect("room");
+            t.set_eviction(id, Some((Evict::Datagram, at(s))));
+            t.remove(id);
+        }
+        assert!(
+            t.eviction_entries() <= 2 * 4 + 17,
+            "{}",
+            t.eviction_entries()
+        );
+        assert_eq!(t.pop_eviction(), None);
     }
 
     #[test]

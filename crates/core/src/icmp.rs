@@ -107,6 +107,11 @@ impl IcmpFlow {
         self.last_active = now;
     }
 
+    /// The last echo request or reply.
+    pub fn last_active(&self) -> Instant {
+        self.last_active
+    }
+
     /// Whether [`IcmpFlow::produce`] may have a frame.
     pub fn wants_output(&self) -> bool {
         self.readable

@@ -11,7 +11,6 @@
 //! `None` (or the guest transport is full: back-pressure is the driver not
 //! polling), writing each frame to the guest. [`Stack::poll_timeout`] then
 //! says when to call back if nothing happens. `now` is always an argument.
-use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -25,13 +24,13 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Config, ConfigError, DnsHost, GuestFwd, HostFwd};
-use crate::flow::{FLOW_TOKEN_LIMIT, FlowId, Key, Table};
+use crate::flow::{Evict, FLOW_TOKEN_LIMIT, FlowId, Key, Table};
 use crate::host::{HostEvent, HostIo, Proto as HostProto, Token};
 use crate::icmp::{self, IcmpFlow};
 use crate::nat::{self, Proto, Verdict};
 use crate::output::Output;
 use crate::packet::{self, Macs};
-use crate::tcp::{self, Env, Status, TcpFlow};
+use crate::tcp::{self, Env, State, Status, TcpFlow};
 use crate::udp::{self, UdpFlow};
 use crate::{arp, dhcp, dhcpv6, dns, ndp, tftp};
 
@@ -47,8 +46,17 @@ pub struct Counters {
     pub malformed: u64,
     /// Frames dropped as not for us or of an unsupported protocol.
     pub ignored: u64,
-    /// Flows refused because the flow table was full.
+    /// Flows refused because the flow table was full and no flow could be
+    /// evicted (TCP: a reset; UDP: ICMP host unreachable; ICMP: dropped).
     pub flows_refused: u64,
+    /// Flows evicted to make room for a new one (see [`crate::flow::Evict`]).
+    pub flows_evicted: u64,
+    /// IPv4 and IPv6 fragments, dropped: nothing is reassembled, so no
+    /// memory waits for missing pieces.
+    pub fragments: u64,
+    /// TCP segments matching no flow and not opening one, answered with a
+    /// reset (RFC 9293 3.10.7.1).
+    pub tcp_no_flow: u64,
     /// Flows refused by policy (e.g. host loopback disabled).
     pub policy_refused: u64,
     /// Flows refused by the egress rules (`--restrict`, `--allow`,
@@ -96,6 +104,22 @@ impl Flow {
         }
     }
 
+    /// Whether, and since when, the flow may give up its place in a full
+    /// table.
+    fn eviction(&self) -> Option<(Evict, Instant)> {
+        match self {
+            Flow::Udp(f) => Some((Evict::Datagram, f.last_active())),
+            Flow::Icmp(f) => Some((Evict::Datagram, f.last_active())),
+            Flow::Tcp(f) => match f.state {
+                State::Lingering => Some((Evict::Finished, f.since())),
+                State::Connecting | State::SynAckSent | State::SynSent => {
+                    Some((Evict::Embryonic, f.since()))
+                }
+                State::Established => None,
+            },
+        }
+    }
+
     fn owns_socket(&self) -> bool {
         match self {
             Flow::Tcp(f) => f.host_open(),
@@ -136,9 +160,6 @@ pub struct Stack {
     out: Output,
     /// Port-forward listeners by id; removed ones leave a hole.
     listeners: Vec<Option<Listener>>,
-    /// Lingering TCP flows, oldest first: the first to go when the table
-    /// is full.
-    lingering: VecDeque<FlowId>,
     /// State of the generator for initial sequence numbers.
     rng: u64,
     /// The host forbids ping sockets (logged once).
@@ -220,7 +241,6 @@ impl Stack {
             flows: Table::new(cfg.max_flows),
             out: Output::new(OUTPUT_LIMIT, cfg.max_frame()),
             listeners: Vec::new(),
-            lingering: VecDeque::new(),
             rng: cfg.seed,
             guest_mac: None,
             guest_ip: None,
@@ -384,8 +404,9 @@ impl Stack {
             return;
         };
         if pkt.more_frags() || pkt.frag_offset() != 0 {
-            // Fragments are not reassembled (yet): guests use PMTU discovery.
-            self.counters.ignored += 1;
+            // Fragments are not reassembled: guests use PMTU discovery, and
+            // no memory is held for pieces that may never come.
+            self.counters.fragments += 1;
             return;
         }
         let Ok(ip) = Ipv4Repr::parse(&pkt, &ChecksumCapabilities::default()) else {
@@ -430,6 +451,10 @@ impl Stack {
         // other source in the prefix is the guest's own.
         self.learn6(s6);
         let (src, dst) = (IpAddr::V6(s6), IpAddr::V6(d6));
+        if ip.next_header == IpProtocol::Ipv6Frag {
+            self.counters.fragments += 1;
+            return;
+        }
         if ip.next_header != IpProtocol::Icmpv6 {
             // Extension headers (hop-by-hop for MLD, fragments) are not
             // followed: transport is expected right after the header.
@@ -585,6 +610,10 @@ impl Stack {
     }
 
     fn dhcp(&mut self, now: Instant, src_mac: EthernetAddress, payload: &[u8]) {
+        if !dhcp::is_request(payload) {
+            self.counters.malformed += 1;
+            return;
+        }
         let Some(reply) = self.dhcp.handle(&self.cfg, now, src_mac.0, payload) else {
             self.counters.ignored += 1;
             return;
@@ -602,21 +631,30 @@ impl Stack {
             .push_with(|buf| packet::udp(buf, macs, server, client, &reply.payload));
     }
 
-    /// Makes room for one more flow, evicting a lingering TCP flow if the
-    /// table is full. Returns whether there is room.
-    fn make_room<H: HostIo>(&mut self, host: &mut H) -> bool {
-        while self.flows.is_full() {
-            let Some(id) = self.lingering.pop_front() else {
-                self.counters.flows_refused += 1;
-                return false;
-            };
-            if let Some((_, Flow::Tcp(f))) = self.flows.get(id)
-                && f.is_lingering()
-            {
-                self.remove(id, host);
-            }
+    /// Makes room for one more flow, evicting one if the table is full
+    /// (see [`Evict`] for the order). Returns whether there is room; if
+    /// not, the refusal is counted and the caller tells the guest.
+    fn make_room<H: HostIo>(&mut self, now: Instant, host: &mut H) -> bool {
+        if !self.flows.is_full() {
+            return true;
         }
-        true
+        let Some(id) = self.flows.pop_eviction() else {
+            self.counters.flows_refused += 1;
+            return false;
+        };
+        self.counters.flows_evicted += 1;
+        let env = env(&self.cfg, self.guest_mac, now);
+        if let Some((_, Flow::Tcp(f))) = self.flows.get(id)
+            && f.host_open()
+        {
+            // Tell both ends: a reset to the guest, an abort to the host.
+            f.evict(&env, &mut self.out);
+            host.tcp_abort(id.token());
+            self.flows.remove(id);
+        } else {
+            self.remove(id, host);
+        }
+        !self.flows.is_full()
     }
 
     fn remove<H: HostIo>(&mut self, id: FlowId, host: &mut H) {
@@ -637,13 +675,8 @@ impl Stack {
         let Some((_, flow)) = self.flows.get(id) else {
             return;
         };
-        let (deadline, ready) = (flow.deadline(), flow.wants_output());
-        if let Flow::Tcp(f) = flow
-            && f.is_lingering()
-            && !self.lingering.contains(&id)
-        {
-            self.lingering.push_back(id);
-        }
+        let (deadline, ready, evict) = (flow.deadline(), flow.wants_output(), flow.eviction());
+        self.flows.set_eviction(id, evict);
         self.flows.schedule(id, deadline);
         if ready {
             self.flows.mark_ready(id);
@@ -800,7 +833,11 @@ impl Stack {
                         return;
                     }
                 };
-                if !self.make_room(host) {
+                if !self.make_room(now, host) {
+                    let mut l4 = [0u8; 8];
+                    l4[..2].copy_from_slice(&guest.port().to_be_bytes());
+                    l4[2..4].copy_from_slice(&remote.port().to_be_bytes());
+                    self.unreachable(Unreachable::Host, IpProtocol::Udp, guest, remote, &l4);
                     return;
                 }
                 let Ok(id) = self
@@ -842,6 +879,13 @@ impl Stack {
             remote,
         };
         if let Some(id) = self.flows.lookup(&key) {
+            let synchronizing = matches!(seg.control, TcpControl::Syn | TcpControl::Rst);
+            if seg.ack_number.is_none() && !synchronizing {
+                // RFC 9293 3.10.7.4: without ACK, only SYN and RST mean
+                // anything to a connection.
+                self.counters.malformed += 1;
+                return;
+            }
             let env = env(&self.cfg, self.guest_mac, now);
             let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) else {
                 return;
@@ -851,6 +895,7 @@ impl Stack {
             return;
         }
         if seg.control != TcpControl::Syn || seg.ack_number.is_some() {
+            self.counters.tcp_no_flow += 1;
             self.reset(guest, remote, seg);
             return;
         }
@@ -875,7 +920,7 @@ impl Stack {
                 return self.reset(guest, remote, seg);
             }
         };
-        if !self.make_room(host) {
+        if !self.make_room(now, host) {
             return self.reset(guest, remote, seg);
         }
         let iss = TcpSeqNumber(splitmix(&mut self.rng) as i32);
@@ -959,7 +1004,7 @@ impl Stack {
                 let id = match self.flows.lookup(&key) {
                     Some(id) => id,
                     None => {
-                        if !self.make_room(host) {
+                        if !self.make_room(now, host) {
                             return;
                         }
                         let flow = Flow::Icmp(IcmpFlow::new(src, ident, dst, now));
@@ -1078,7 +1123,7 @@ impl Stack {
     fn accept_all<H: HostIo>(&mut self, now: Instant, fwd: HostFwd, listener: Token, host: &mut H) {
         // Bounded: at most one table's worth per event.
         for _ in 0..self.cfg.max_flows {
-            if !self.make_room(host) {
+            if !self.make_room(now, host) {
                 return;
             }
             // Accept under a provisional key; the real one needs the peer.
@@ -1240,7 +1285,7 @@ impl Stack {
                 let id = match self.flows.lookup(&key) {
                     Some(id) => id,
                     None => {
-                        if !self.make_room(host) {
+                        if !self.make_room(now, host) {
                             continue;
                         }
                         let kind = udp::Kind::Forwarded {
@@ -1291,7 +1336,6 @@ impl Stack {
         for id in self.flows.ids() {
             self.remove(id, host);
         }
-        self.lingering.clear();
         self.tftp.clear(host);
         self.out.clear();
         self.guest_mac = None;

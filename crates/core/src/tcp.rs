@@ -267,6 +267,22 @@ impl TcpFlow {
         self.state == State::Lingering
     }
 
+    /// When the flow began its current phase (creation, establishment,
+    /// lingering): its age for eviction.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The flow is being evicted from a full table: tells the guest with a
+    /// reset (the stack aborts the host socket).
+    pub fn evict(&self, env: &Env, out: &mut Output) {
+        match self.state {
+            State::Connecting => self.reset_guest_on_connect(env, out),
+            State::Lingering => {}
+            _ => self.reset_guest(env, out),
+        }
+    }
+
     /// The endpoints, for connection listings.
     pub fn endpoints(&self) -> (SocketAddr, SocketAddr) {
         (self.guest, self.remote)

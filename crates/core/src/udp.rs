@@ -90,6 +90,11 @@ impl UdpFlow {
         self.last_active = now;
     }
 
+    /// The last datagram either way.
+    pub fn last_active(&self) -> Instant {
+        self.last_active
+    }
+
     /// Whether [`UdpFlow::produce`] may have a frame.
     pub fn wants_output(&self) -> bool {
         self.readable && self.owns_socket()

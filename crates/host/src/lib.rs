@@ -14,6 +14,7 @@
 //!   of the TFTP server's files;
 //! - [`sandbox`]: no-new-privs and the seccomp filter entered once set-up
 //!   is done;
+//! - [`limits`]: the descriptor limit and the flow limit it allows;
 //! - [`event_loop`]: the mio loop that drives a `Stack` between a guest
 //!   [`Transport`] and the host sockets.
 //!
@@ -24,6 +25,7 @@ pub mod drive;
 pub mod event_loop;
 pub mod files;
 pub mod guestfwd;
+pub mod limits;
 pub mod netns;
 pub mod pcap;
 pub mod sandbox;

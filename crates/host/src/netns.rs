@@ -377,10 +377,12 @@ pub fn spawn_unshared(mut cmd: Command, resolv: Option<&Path>) -> io::Result<Uns
     let (go_r, go_w) = pipe()?;
     let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and makes
-    // only system calls (unshare, open/write/close, mount, read, getpid)
+    // only system calls (setrlimit, unshare, open/write/close, mount, read, getpid)
     // on data prepared above; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The command gets the descriptor limit usernet started with.
+            crate::limits::restore_for_child();
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -76,7 +76,7 @@ struct List {
 }
 
 /// The API's state: the forwards it added, and the next id.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Api {
     entries: Vec<Entry>,
     next_id: u64,
@@ -102,12 +102,12 @@ fn port(v: Option<&Value>) -> Option<u16> {
 }
 
 /// The first JSON value in `bytes` (trailing bytes ignored, as parson
-/// does), `Err(true)` if `bytes` might still become one, `Err(false)` if
-/// it never will.
-fn first_value(bytes: &[u8]) -> Result<Value, bool> {
+/// does) and where it ends, `Err(true)` if `bytes` might still become one,
+/// `Err(false)` if it never will.
+fn first_value(bytes: &[u8]) -> Result<(Value, usize), bool> {
     let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
     match it.next() {
-        Some(Ok(v)) => Ok(v),
+        Some(Ok(v)) => Ok((v, it.byte_offset())),
         Some(Err(e)) => Err(e.is_eof()),
         None => Err(true),
     }
@@ -119,7 +119,16 @@ fn first_value(bytes: &[u8]) -> Result<Value, bool> {
 pub fn is_complete(request: &[u8]) -> bool {
     request.len() >= MAX_REQUEST
         || request.contains(&0)
-        || !matches!(first_value(request), Err(true))
+        || match first_value(request) {
+            Err(more) => !more,
+            // A number or literal at the very end may still grow ("1",
+            // then "2") or turn out bad ("true", then "x"): only objects,
+            // arrays and strings end themselves.
+            Ok((v, end)) => {
+                let delimited = v.is_object() || v.is_array() || v.is_string();
+                delimited || end < request.len()
+            }
+        }
 }
 
 impl Api {
@@ -140,7 +149,7 @@ impl Api {
         }
         // slirp4netns treats the buffer as a C string.
         let request = request.split(|b| *b == 0).next().unwrap_or(&[]);
-        let Ok(value) = first_value(request) else {
+        let Ok((value, _)) = first_value(request) else {
             return error("cannot parse JSON");
         };
         let Some(obj) = value.as_object() else {
@@ -440,6 +449,14 @@ mod tests {
         assert!(is_complete(b"{\"execute\": \"list_hostfwd\"}"));
         assert!(is_complete(b"}"));
         assert!(is_complete(&big));
+        // Found by the api fuzz target: a number at the end may go on.
+        assert!(!is_complete(b"\n3"));
+        assert!(is_complete(b"\n3 "));
+        assert!(is_complete(b"\n3\xb8"));
+        assert!(is_complete(b"3 4"));
+        assert!(!is_complete(b"true"));
+        assert!(is_complete(b"truex"));
+        assert!(is_complete(b"\"x\""));
     }
 
     #[test]

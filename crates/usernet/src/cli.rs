@@ -186,9 +186,10 @@ pub struct StackArgs {
     /// A name the DNS forwarder answers itself (repeatable).
     #[arg(long, value_name = "NAME=ADDR")]
     pub dns_host: Vec<DnsHost>,
-    /// The most flows (TCP, UDP, ICMP) open at once.
-    #[arg(long, value_name = "N", default_value_t = Config::default().max_flows)]
-    pub max_flows: usize,
+    /// The most flows (TCP, UDP, ICMP) open at once [default: what
+    /// RLIMIT_NOFILE allows, less a reserve; capped at that].
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<usize>,
     /// Capture every frame on the guest link to this pcap file.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -349,7 +350,7 @@ impl StackArgs {
             dns_upstreams,
             dns_hosts: self.dns_host.clone(),
             hostfwd: self.hostfwd.clone(),
-            max_flows: self.max_flows,
+            max_flows: self.max_flows.unwrap_or(Config::default().max_flows),
             restrict: self.egress.restrict,
             egress: self.egress.rules.clone(),
             tftp_root: self.tftp.clone(),

@@ -6,7 +6,8 @@
 //! - `slirp4netns` (also when argv\[0\] is `slirp4netns`): `attach` with
 //!   slirp4netns 1.2's command line ([`slirp4netns`]).
 //!
-//! Any mode can serve the slirp4netns JSON API ([`api`], [`control`]).
+//! Any mode can serve the slirp4netns JSON API ([`api`], in the library
+//! part so it can be fuzzed, and [`control`]).
 //! Every mode enters the sandbox ([`usernet_host::sandbox`]) once it is
 //! set up, just before it serves the first event ([`Lockdown`]), unless
 //! `--no-sandbox`.
@@ -17,7 +18,6 @@
 //! for a bad command line or configuration (1 in slirp4netns mode, as
 //! slirp4netns); `ns` exits with its command's status (128 + signal if it
 //! was killed). Errors are one line on stderr, starting `usernet: `.
-mod api;
 mod cli;
 mod control;
 mod slirp4netns;
@@ -34,14 +34,15 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
+use usernet::api;
 use usernet_core::host::GuestFwdTarget;
 use usernet_core::{Config, Stack};
-use usernet_host::netns;
 use usernet_host::pcap::Pcap;
 use usernet_host::sandbox::Sandbox;
 use usernet_host::sockets::MioPoller;
 use usernet_host::tap::{LinkConfig, Tap};
 use usernet_host::{Control, Sockets, Stopped, StreamServer};
+use usernet_host::{limits, netns};
 
 use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
 use crate::control::{ApiServer, Lockdown, ReadyFd, StopOn};
@@ -106,13 +107,28 @@ fn resolv_conf() -> Vec<SocketAddr> {
     }
 }
 
+/// Raises the descriptor limit and sets `cfg.max_flows` from it: an
+/// explicit `--max-flows` wins, capped at what the descriptors allow (see
+/// `usernet_host::limits`). Called once the configuration is valid (an
+/// explicit 0 is refused there), so a bad flag stays a one-line error.
+fn set_flow_limit(cfg: &mut Config, explicit: Option<usize>) {
+    match limits::raise_nofile() {
+        Ok(nofile) => {
+            cfg.max_flows = limits::max_flows(explicit, nofile, cfg.hostfwd.len());
+            tracing::info!("RLIMIT_NOFILE {nofile}: at most {} flows", cfg.max_flows);
+        }
+        Err(e) => tracing::warn!(%e, "cannot read RLIMIT_NOFILE; at most {} flows", cfg.max_flows),
+    }
+}
+
 /// `usernet qemu`.
 fn qemu(args: QemuArgs) -> ExitCode {
-    let cfg = args.stack.config(resolv_conf);
+    let mut cfg = args.stack.config(resolv_conf);
     if let Err(e) = cfg.validate() {
         eprintln!("usernet: {e}");
         return ExitCode::from(2);
     }
+    set_flow_limit(&mut cfg, args.stack.max_flows);
     match serve_qemu(&args, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -154,8 +170,16 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
     }
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r));
-    usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls)?;
+    let result = usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls);
+    log_counters(&stack);
+    result?;
     Ok(())
+}
+
+/// What the stack counted, logged once it stops (drops, refusals and
+/// evictions show how hard the guest pushed).
+fn log_counters(stack: &Stack) {
+    tracing::info!("stopped: {:?}", stack.counters());
 }
 
 /// The configuration of a tap mode (`ns`, `attach`): the stack's, with the
@@ -179,6 +203,7 @@ fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), St
     // forwards before it saw the guest) is the namespace's.
     cfg.dhcpstart = guest;
     cfg.validate().map_err(|e| e.to_string())?;
+    set_flow_limit(&mut cfg, stack.max_flows);
     Ok((cfg, guest))
 }
 
@@ -229,9 +254,9 @@ fn serve_tap(
     for c in controls.iter_mut() {
         all.push(&mut **c);
     }
-    Ok(usernet_host::run_with(
-        &mut stack, &mut tap, pcap, sockets, &mut all,
-    )?)
+    let result = usernet_host::run_with(&mut stack, &mut tap, pcap, sockets, &mut all);
+    log_counters(&stack);
+    Ok(result?)
 }
 
 fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<ApiServer>> {
@@ -431,7 +456,7 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
     let net = a.cidr;
     let host_n = |n: u32| Ipv4Addr::from(u32::from(net.network()) | (n & !u32::from(net.mask())));
     let guest = host_n(100);
-    let cfg = Config {
+    let mut cfg = Config {
         net,
         host: host_n(2),
         dns: host_n(3),
@@ -445,6 +470,7 @@ fn serve_slirp4netns(a: &slirp4netns::Args) -> anyhow::Result<()> {
         ..Config::default()
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    set_flow_limit(&mut cfg, None);
     if a.exit_fd.is_some() && a.exit_fd == a.ready_fd {
         anyhow::bail!("--exit-fd and --ready-fd must differ");
     }

@@ -117,3 +117,13 @@ fn guestfwd_twice() {
         "--guestfwd",
     );
 }
+
+#[test]
+fn max_flows_zero() {
+    rejects(&["--max-flows", "0"], "--max-flows");
+}
+
+#[test]
+fn max_flows_not_a_number() {
+    rejects(&["--max-flows", "many"], "--max-flows");
+}

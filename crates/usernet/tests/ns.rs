@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::ns::{
-    HttpServer, Proc, api, free_port, in_ns, namespace, wait_for_socket, wait_for_tap,
+    HttpServer, Proc, api, attach, free_port, in_ns, namespace, wait_for_socket, wait_for_tap,
 };
 use common::{TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, usernet_output};
 
@@ -105,20 +105,6 @@ fn ns_runs_a_command_with_network_and_its_exit_status() {
         Duration::from_secs(30),
     );
     assert!(!out.status.success());
-}
-
-/// Starts `usernet attach ARGS` with its log in `dir`.
-fn attach(dir: &TempDir, args: &[&str]) -> Proc {
-    let log = std::fs::File::create(dir.join("usernet.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_usernet"))
-        .arg("attach")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("start usernet attach");
-    Proc(child)
 }
 
 fn attach_serves(userns: bool) {

@@ -178,6 +178,20 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `usernet attach ARGS` with its log in `dir/usernet.log`.
+pub fn attach(dir: &super::TempDir, args: &[&str]) -> Proc {
+    let log = std::fs::File::create(dir.join("usernet.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_usernet"))
+        .arg("attach")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("start usernet attach");
+    Proc(child)
+}
+
 /// A new user + network namespace held by `sleep` (`unshare --user
 /// --map-root-user --net`), to attach to.
 pub fn namespace() -> Proc {
