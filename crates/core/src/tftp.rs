@@ -345,6 +345,22 @@ fn send(out: &mut Output, macs: Macs, server: IpAddr, client: SocketAddr, p: &Pa
     });
 }
 
+/// Sends an ERROR packet (RFC 1350) to `client`.
+fn send_error(
+    out: &mut Output,
+    macs: Macs,
+    server: IpAddr,
+    client: SocketAddr,
+    code: ErrorCode,
+    message: &str,
+) {
+    let p = Packet::Error {
+        code: code as u16,
+        message,
+    };
+    send(out, macs, server, client, &p);
+}
+
 /// The largest block that fits one frame on the link.
 fn link_blksize(mtu: u32, ip: IpAddr) -> u64 {
     (mtu as usize).saturating_sub(packet::ip_len(ip) + 8 + 4) as u64
@@ -361,13 +377,8 @@ impl Server {
         host: &mut H,
         out: &mut Output,
     ) {
-        let macs = env.macs;
         let error = |out: &mut Output, code: ErrorCode, message: &str| {
-            let p = Packet::Error {
-                code: code as u16,
-                message,
-            };
-            send(out, macs, server, client, &p);
+            send_error(out, env.macs, server, client, code, message);
         };
         let slot = self.find(client);
         match Packet::parse(payload) {
@@ -445,13 +456,8 @@ impl Server {
         host: &mut H,
         out: &mut Output,
     ) {
-        let macs = env.macs;
         let error = |out: &mut Output, code: ErrorCode, message: &str| {
-            let p = Packet::Error {
-                code: code as u16,
-                message,
-            };
-            send(out, macs, server, client, &p);
+            send_error(out, env.macs, server, client, code, message);
         };
         let Some(root) = env.cfg.tftp_root.as_deref() else {
             return error(out, ErrorCode::AccessViolation, "no TFTP service");
@@ -508,7 +514,7 @@ impl Server {
             deadline: env.now + timeout,
             retries: 0,
         };
-        if !s.transmit(token(slot), macs, host, out) {
+        if !s.transmit(token(slot), env.macs, host, out) {
             host.close(token(slot));
             return;
         }
