@@ -53,6 +53,10 @@ pub struct Counters {
     pub policy_refused: u64,
     /// Frames dropped because the output queue was full.
     pub out_dropped: u64,
+    /// Guest TCP segments dropped: refused by a full host socket beyond
+    /// what the flow keeps, or out of order after such a drop. The guest
+    /// retransmits them; on a healthy link this stays 0.
+    pub tcp_dropped: u64,
 }
 
 /// Opening the stack's own host sockets failed.
@@ -773,6 +777,7 @@ impl Stack {
                 return;
             };
             let status = f.on_segment(&env, id.token(), seg, host, &mut self.out);
+            self.counters.tcp_dropped += f.take_dropped();
             self.settle(id, status != Status::Open, host);
             return;
         }

@@ -185,7 +185,7 @@ pub fn run_with<T: Transport>(
     sockets: impl FnOnce(Registry) -> Sockets<MioPoller>,
     controls: &mut [&mut dyn Control],
 ) -> Result<Stopped, RunError> {
-    let mut poll = Poll::new().map_err(RunError::Poll)?;
+    let poll = Poll::new().map_err(RunError::Poll)?;
     let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
     let mut sockets = sockets(registry.try_clone().map_err(RunError::Poll)?);
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RunError::Signals)?;
@@ -200,6 +200,31 @@ pub fn run_with<T: Transport>(
     for c in controls.iter_mut() {
         c.started();
     }
+    let stopped = serve(
+        stack,
+        transport,
+        &mut pcap,
+        &mut sockets,
+        controls,
+        poll,
+        signals,
+    );
+    // One line a test or a user can check: what the stack saw and dropped.
+    tracing::info!(counters = ?stack.counters(), "stack stopped");
+    stopped
+}
+
+/// The loop itself (see the module doc).
+fn serve<T: Transport>(
+    stack: &mut Stack,
+    transport: &mut T,
+    pcap: &mut Option<Pcap>,
+    sockets: &mut Sockets<MioPoller>,
+    controls: &mut [&mut dyn Control],
+    mut poll: Poll,
+    mut signals: Signals,
+) -> Result<Stopped, RunError> {
+    let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
 
     let mut events = Events::with_capacity(1024);
     // The guest may have more to read / the stack more to send than one
@@ -229,7 +254,7 @@ pub fn run_with<T: Transport>(
                     return Ok(Stopped::Signal(sig));
                 }
             } else if let Some(c) = controls.iter_mut().find(|c| c.owns(token)) {
-                if c.ready(&registry, token, stack, &mut sockets) == Flow::Stop {
+                if c.ready(&registry, token, stack, sockets) == Flow::Stop {
                     return Ok(Stopped::Control);
                 }
             } else if transport.owns(token) {
@@ -240,26 +265,26 @@ pub fn run_with<T: Transport>(
                 // Reading is cheap to try: it stops at WouldBlock.
                 rx_pending = true;
             } else {
-                stack.handle_host(now, host_event(ev), &mut sockets);
+                stack.handle_host(now, host_event(ev), sockets);
             }
         }
 
         if rx_pending {
             let status = transport.read_frames(&registry, MAX_FRAMES_PER_TURN, &mut |frame| {
                 tracing::debug!(len = frame.len(), "frame from guest");
-                capture(&mut pcap, frame);
-                stack.handle_frame(now, frame, &mut sockets);
+                capture(pcap, frame);
+                stack.handle_frame(now, frame, sockets);
             });
             rx_pending = status == ReadStatus::More;
             if status == ReadStatus::Closed {
-                stack.reset_link(&mut sockets);
+                stack.reset_link(sockets);
                 // A waiting client may have been taken on.
                 rx_pending = transport.is_up();
             }
         }
 
         if stack.poll_timeout().is_some_and(|t| t <= now) {
-            stack.handle_timeout(now, &mut sockets);
+            stack.handle_timeout(now, sockets);
         }
 
         let mut sent = 0;
@@ -270,12 +295,12 @@ pub fn run_with<T: Transport>(
                     full = true;
                     break;
                 };
-                let Some(len) = stack.poll_frame(now, slot, &mut sockets) else {
+                let Some(len) = stack.poll_frame(now, slot, sockets) else {
                     break;
                 };
                 let frame = transport.commit(len);
                 tracing::debug!(len = frame.len(), "frame to guest");
-                capture(&mut pcap, frame);
+                capture(pcap, frame);
                 sent += 1;
             }
             match transport.flush(&registry) {
@@ -283,7 +308,7 @@ pub fn run_with<T: Transport>(
                 Ok(true) if full && sent < MAX_FRAMES_PER_TURN => {}
                 Ok(_) => break,
                 Err(_) => {
-                    stack.reset_link(&mut sockets);
+                    stack.reset_link(sockets);
                     rx_pending = transport.is_up();
                     break;
                 }
@@ -291,11 +316,11 @@ pub fn run_with<T: Transport>(
         }
         tx_pending = sent >= MAX_FRAMES_PER_TURN;
 
-        if let Some(p) = &mut pcap
+        if let Some(p) = pcap
             && let Err(e) = p.flush()
         {
             tracing::warn!("pcap: {e}; capture stopped");
-            pcap = None;
+            *pcap = None;
         }
     }
 }
