@@ -29,6 +29,7 @@ use crate::flow::{FLOW_TOKEN_LIMIT, FlowId, Key, Table};
 use crate::host::{HostEvent, HostIo, Proto as HostProto, Token};
 use crate::icmp::{self, IcmpFlow};
 use crate::nat::{self, Proto, Verdict};
+use crate::offload::Offload;
 use crate::output::Output;
 use crate::packet::{self, Macs};
 use crate::tcp::{self, Env, Status, TcpFlow};
@@ -122,6 +123,8 @@ fn listener_token(i: usize) -> Token {
 pub struct Stack {
     cfg: Config,
     counters: Counters,
+    /// What the guest link offloads (see [`Stack::set_offload`]).
+    offload: Offload,
     /// The guest's MAC, learnt from its frames.
     guest_mac: Option<EthernetAddress>,
     /// The guest's address, learnt from DHCP or ARP.
@@ -169,6 +172,7 @@ fn env(cfg: &Config, guest_mac: Option<EthernetAddress>, now: Instant) -> Env<'_
         cfg,
         macs: macs(cfg, guest_mac),
         now,
+        tso: false,
     }
 }
 
@@ -209,6 +213,7 @@ impl Stack {
             listeners: Vec::new(),
             lingering: VecDeque::new(),
             rng: cfg.seed,
+            offload: Offload::default(),
             guest_mac: None,
             guest_ip: None,
             guest_ip6: None,
@@ -291,6 +296,25 @@ impl Stack {
         }
     }
 
+    /// Declares what the guest link offloads (none until called): with
+    /// [`Offload::rx_trusted`], frames may be larger than the MTU and their
+    /// checksums are not verified; with [`Offload::tso`], TCP segments to
+    /// the guest may be up to 64 KiB and `poll_frame` needs a buffer of
+    /// [`crate::offload::MAX_OFFLOAD_FRAME`] bytes. See [`crate::offload`].
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.offload = offload;
+    }
+
+    /// Checksum checks for guest frames: none when the link vouches for
+    /// them.
+    fn rx_caps(&self) -> ChecksumCapabilities {
+        if self.offload.rx_trusted {
+            ChecksumCapabilities::ignored()
+        } else {
+            ChecksumCapabilities::default()
+        }
+    }
+
     /// Handles one Ethernet frame from the guest.
     pub fn handle_frame<H: HostIo>(&mut self, now: Instant, frame: &[u8], host: &mut H) {
         self.counters.frames_in += 1;
@@ -351,7 +375,7 @@ impl Stack {
             self.counters.ignored += 1;
             return;
         }
-        let Ok(ip) = Ipv4Repr::parse(&pkt, &ChecksumCapabilities::default()) else {
+        let Ok(ip) = Ipv4Repr::parse(&pkt, &self.rx_caps()) else {
             self.counters.malformed += 1;
             return;
         };
@@ -462,7 +486,7 @@ impl Stack {
         data: &[u8],
         host: &mut H,
     ) {
-        let caps = ChecksumCapabilities::default();
+        let caps = self.rx_caps();
         let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
         match proto {
             IpProtocol::Udp => {
@@ -1093,7 +1117,8 @@ impl Stack {
         host: &mut H,
     ) -> Option<usize> {
         while let Some(id) = self.flows.next_ready() {
-            let env = env(&self.cfg, self.guest_mac, now);
+            let mut env = env(&self.cfg, self.guest_mac, now);
+            env.tso = self.offload.tso;
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };

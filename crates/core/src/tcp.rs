@@ -50,6 +50,7 @@ use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 use crate::config::Config;
 use crate::flow::Key;
 use crate::host::{HostEvent, HostIo, Token};
+use crate::offload;
 use crate::output::Output;
 use crate::packet::{self, Macs, Segment};
 
@@ -72,6 +73,13 @@ const MAX_RETRIES: u8 = 10;
 const OUR_WSCALE: u8 = 7;
 /// Largest window advertised.
 const MAX_WINDOW: usize = (u16::MAX as usize) << OUR_WSCALE;
+/// Largest window advertised, in full-sized segments. A window is
+/// frames, not bytes, to the guest's transmit queue: a tap queues at most
+/// `txqueuelen` frames (1000 by default) and drops the rest, so a window of
+/// 4 MiB at MTU 1500 (2,900 frames) overruns it whenever usernet falls
+/// behind, and every drop costs a window resent. Half the queue leaves
+/// room for other flows.
+const WINDOW_FRAMES: usize = 512;
 /// Default MSS when the guest sends none (RFC 9293).
 const DEFAULT_MSS: usize = 536;
 /// Most guest data kept per flow when the host socket refuses data inside
@@ -114,6 +122,9 @@ pub struct Env<'a> {
     pub macs: Macs,
     /// The current time.
     pub now: Instant,
+    /// The link segments large TCP packets ([`crate::offload::Offload::tso`]):
+    /// data segments may carry up to 64 KiB whatever the MSS.
+    pub tso: bool,
 }
 
 /// One guest TCP connection and its host socket.
@@ -316,7 +327,7 @@ impl TcpFlow {
         let bytes = if self.host_full {
             0
         } else {
-            self.space.min(MAX_WINDOW)
+            self.space.min(MAX_WINDOW).min(WINDOW_FRAMES * self.mss)
         };
         (bytes >> self.our_wscale).min(usize::from(u16::MAX)) as u16
     }
@@ -735,7 +746,12 @@ impl TcpFlow {
             let window = self.snd_wnd.saturating_sub(self.in_flight());
             let off = packet::tcp_payload_offset(self.guest.ip());
             let room = buf.len().saturating_sub(off);
-            let want = self.mss.min(window).min(room);
+            let seg_max = if env.tso {
+                offload::tso_payload(self.guest.ip())
+            } else {
+                self.mss
+            };
+            let want = seg_max.min(window).min(room);
             if want > 0 {
                 match host.tcp_peek(token, self.in_flight(), &mut buf[off..off + want]) {
                     Ok(0) => self.host_eof = true,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Registry};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+use usernet_core::offload::Offload;
 use usernet_core::stack::StartError;
 use usernet_core::{HostEvent, Stack, Token};
 
@@ -65,6 +66,12 @@ pub trait Transport {
     fn ready(&mut self, registry: &Registry, token: mio::Token) -> io::Result<()>;
     /// Whether a guest is connected.
     fn is_up(&self) -> bool;
+    /// What the link offloads for the stack ([`Stack::set_offload`]);
+    /// [`Transport::out_slot`] must then hold frames of
+    /// [`usernet_core::offload::MAX_OFFLOAD_FRAME`] bytes.
+    fn offload(&self) -> Offload {
+        Offload::default()
+    }
     /// Reads frames and hands each to `f`, at most `max` of them.
     fn read_frames(
         &mut self,
@@ -196,6 +203,7 @@ pub fn run_with<T: Transport>(
     for c in controls.iter_mut() {
         c.register(&registry).map_err(RunError::Control)?;
     }
+    stack.set_offload(transport.offload());
     stack.start(&mut sockets)?;
     for c in controls.iter_mut() {
         c.started();
