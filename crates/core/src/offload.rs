@@ -17,6 +17,11 @@
 //! - [`Offload::tso`]: TCP segments to the guest may carry up to
 //!   [`tso_payload`] bytes, one IP packet of up to 64 KiB, whatever the MTU;
 //!   the transport marks them for segmentation at the MTU.
+//! - [`Offload::tx_csum`]: every TCP segment to the guest carries only the
+//!   pseudo-header sum in its checksum field, and the transport marks it
+//!   for the link to complete (Linux's `CHECKSUM_PARTIAL`; a local
+//!   receiver trusts it and nobody sums 64 KiB twice). Other protocols
+//!   keep full checksums.
 //!
 //! The QEMU stream transport offers neither (a virtio-net guest behind it
 //! sees plain Ethernet frames of at most MTU + 14 bytes).
@@ -40,6 +45,8 @@ pub struct Offload {
     pub rx_trusted: bool,
     /// The link segments TCP packets larger than the MTU.
     pub tso: bool,
+    /// The link completes the checksums of TCP segments we send.
+    pub tx_csum: bool,
 }
 
 /// The largest TCP payload in one offloaded segment toward `ip`.

@@ -167,12 +167,17 @@ fn macs(cfg: &Config, guest: Option<EthernetAddress>) -> Macs {
 
 /// What flows see of the stack; borrows only the configuration, so the
 /// flow table and output queue stay free to borrow mutably.
-fn env(cfg: &Config, guest_mac: Option<EthernetAddress>, now: Instant) -> Env<'_> {
+fn env(
+    cfg: &Config,
+    guest_mac: Option<EthernetAddress>,
+    offload: Offload,
+    now: Instant,
+) -> Env<'_> {
     Env {
         cfg,
         macs: macs(cfg, guest_mac),
         now,
-        tso: false,
+        offload,
     }
 }
 
@@ -796,7 +801,7 @@ impl Stack {
             remote,
         };
         if let Some(id) = self.flows.lookup(&key) {
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) else {
                 return;
             };
@@ -844,8 +849,9 @@ impl Stack {
             return;
         };
         let macs = self.macs();
+        let partial = self.offload.tx_csum;
         self.out
-            .push_with(|buf| packet::tcp(buf, macs, remote.ip(), guest.ip(), &rst));
+            .push_with(|buf| packet::tcp_link(buf, macs, remote.ip(), guest.ip(), &rst, partial));
     }
 
     /// An echo request of either family: answered for the stack's own
@@ -942,7 +948,7 @@ impl Stack {
         let Some(id) = FlowId::from_token(ev.token) else {
             return self.listener_event(now, ev, host);
         };
-        let env = env(&self.cfg, self.guest_mac, now);
+        let env = env(&self.cfg, self.guest_mac, self.offload, now);
         let Some((_, flow)) = self.flows.get_mut(id) else {
             return;
         };
@@ -1060,7 +1066,7 @@ impl Stack {
                     }
                 }
             }
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(new_id) {
                 f.send_syn(&env, new_id.token(), host, &mut self.out);
             }
@@ -1079,7 +1085,7 @@ impl Stack {
             self.next_ra = Some(now + RA_INTERVAL);
         }
         while let Some(id) = self.flows.pop_due(now) {
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };
@@ -1117,8 +1123,7 @@ impl Stack {
         host: &mut H,
     ) -> Option<usize> {
         while let Some(id) = self.flows.next_ready() {
-            let mut env = env(&self.cfg, self.guest_mac, now);
-            env.tso = self.offload.tso;
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };

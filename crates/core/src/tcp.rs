@@ -122,9 +122,10 @@ pub struct Env<'a> {
     pub macs: Macs,
     /// The current time.
     pub now: Instant,
-    /// The link segments large TCP packets ([`crate::offload::Offload::tso`]):
-    /// data segments may carry up to 64 KiB whatever the MSS.
-    pub tso: bool,
+    /// What the link offloads ([`crate::offload`]): with `tso`, data
+    /// segments may carry up to 64 KiB whatever the MSS; with `tx_csum`,
+    /// TCP checksums are left to the link.
+    pub offload: offload::Offload,
 }
 
 /// One guest TCP connection and its host socket.
@@ -355,7 +356,8 @@ impl TcpFlow {
             payload: &[],
         };
         let (src, dst) = (self.remote.ip(), self.guest.ip());
-        out.push_with(|buf| packet::tcp(buf, env.macs, src, dst, &repr));
+        let partial = env.offload.tx_csum;
+        out.push_with(|buf| packet::tcp_link(buf, env.macs, src, dst, &repr, partial));
     }
 
     /// Sends (or resends) our SYN to the guest for an inbound connection,
@@ -655,7 +657,8 @@ impl TcpFlow {
             payload: &[],
         };
         let (src, dst) = (self.remote.ip(), self.guest.ip());
-        out.push_with(|buf| packet::tcp(buf, env.macs, src, dst, &repr));
+        let partial = env.offload.tx_csum;
+        out.push_with(|buf| packet::tcp_link(buf, env.macs, src, dst, &repr, partial));
     }
 
     /// Runs the flow's timers.
@@ -746,7 +749,7 @@ impl TcpFlow {
             let window = self.snd_wnd.saturating_sub(self.in_flight());
             let off = packet::tcp_payload_offset(self.guest.ip());
             let room = buf.len().saturating_sub(off);
-            let seg_max = if env.tso {
+            let seg_max = if env.offload.tso {
                 offload::tso_payload(self.guest.ip())
             } else {
                 self.mss
@@ -808,6 +811,7 @@ impl TcpFlow {
             ack: self.rcv_nxt,
             window,
             fin,
+            partial_csum: env.offload.tx_csum,
         };
         packet::tcp_in_place(buf, env.macs, &seg, len)
     }

@@ -34,9 +34,12 @@
 //! `gso_size` = the MTU's segment size, and the kernel splits it if it ever
 //! has to (its own TCP takes it whole, as from GRO). The stack learns this
 //! through [`Transport::offload`] ([`usernet_core::offload`]); the vnet
-//! header itself never reaches it. Our own frames carry full checksums, so
-//! the header's flags stay 0. If the kernel refuses the offload, frames
-//! keep the header and stay within the MTU.
+//! header itself never reaches it. The stack leaves TCP checksums partial
+//! (the pseudo-header sum) and we mark those frames `NEEDS_CSUM`: the
+//! namespace's kernel trusts them when it delivers locally and completes
+//! them if it forwards, so nobody sums 64 KiB segments twice. If the kernel
+//! refuses the offload, frames keep the (zero) header, full checksums, and
+//! stay within the MTU.
 //!
 //! The descriptor stays usable after the opening thread leaves the
 //! namespace: a tap belongs to the namespace it was created in, whoever
@@ -168,16 +171,19 @@ fn set_offload(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The `virtio_net_hdr` for a frame we write: all zero (complete checksums,
-/// no segmentation) unless the frame is a TCP segment longer than the MTU,
-/// which gets `gso_type`, `hdr_len` and `gso_size` so the kernel may split
-/// it at the MTU. The frame is our own, so a short or odd one just gets
-/// the zero header.
-fn vnet_header(frame: &[u8], mtu: usize) -> [u8; VNET_HDR_LEN] {
+/// `virtio_net_hdr.flags`: the checksum from `csum_start` on is left to
+/// the kernel, whose field at `csum_start + csum_offset` holds the
+/// pseudo-header sum.
+const NEEDS_CSUM: u8 = 1;
+
+/// The `virtio_net_hdr` for a frame we write: all zero (complete checksum,
+/// no segmentation) unless the frame is TCP. A TCP segment is marked
+/// `NEEDS_CSUM` when the stack left its checksum partial (`partial_csum`,
+/// [`Offload::tx_csum`]), and one longer than the MTU gets `gso_type`,
+/// `hdr_len` and `gso_size` so the kernel may split it at the MTU. The
+/// frame is our own; an odd one just gets the zero header.
+fn vnet_header(frame: &[u8], mtu: usize, partial_csum: bool) -> [u8; VNET_HDR_LEN] {
     let mut hdr = [0u8; VNET_HDR_LEN];
-    if frame.len() <= mtu + 14 {
-        return hdr;
-    }
     let (gso_type, ip_len, proto) = match frame.get(12..14) {
         Some([0x08, 0x00]) => {
             let ihl = frame.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
@@ -193,15 +199,21 @@ fn vnet_header(frame: &[u8], mtu: usize) -> [u8; VNET_HDR_LEN] {
     if proto != Some(&6) || ip_len < 20 || headers >= mtu {
         return hdr;
     }
-    let (Ok(hdr_len), Ok(gso_size)) = (u16::try_from(14 + headers), u16::try_from(mtu - headers))
-    else {
-        return hdr;
-    };
-    // flags (0), gso_type, hdr_len, gso_size, csum_start, csum_offset
-    // (0: our checksums are complete); little-endian (a tap's native order).
-    hdr[1] = gso_type;
-    hdr[2..4].copy_from_slice(&hdr_len.to_le_bytes());
-    hdr[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    // Fields (little-endian, a tap's native order): flags, gso_type,
+    // hdr_len, gso_size, csum_start, csum_offset.
+    if partial_csum && let Ok(start) = u16::try_from(14 + ip_len) {
+        hdr[0] = NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&start.to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    }
+    if frame.len() > mtu + 14
+        && let (Ok(hdr_len), Ok(gso_size)) =
+            (u16::try_from(14 + headers), u16::try_from(mtu - headers))
+    {
+        hdr[1] = gso_type;
+        hdr[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+        hdr[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    }
     hdr
 }
 
@@ -354,6 +366,7 @@ impl Tap {
             Ok(()) => Offload {
                 rx_trusted: true,
                 tso: true,
+                tx_csum: true,
             },
             Err(e) => {
                 tracing::info!("{name}: no checksum/segmentation offload: {e}");
@@ -486,7 +499,7 @@ impl Transport for Tap {
     fn commit(&mut self, len: usize) -> &[u8] {
         let mut buf = std::mem::take(&mut self.slot);
         let end = (VNET_HDR_LEN + len).min(buf.len());
-        let hdr = vnet_header(&buf[VNET_HDR_LEN..end], self.mtu);
+        let hdr = vnet_header(&buf[VNET_HDR_LEN..end], self.mtu, self.offload.tx_csum);
         buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
         self.queue.push_back((buf, end));
         match self.queue.back() {
@@ -536,10 +549,14 @@ mod tests {
     }
 
     #[test]
-    fn vnet_header_marks_only_oversized_tcp_for_segmentation() {
-        assert_eq!(vnet_header(&tcp4(1460), 1500), [0; VNET_HDR_LEN]);
-        let hdr = vnet_header(&tcp4(60_000), 1500);
-        assert_eq!(hdr[0], 0, "our checksums are complete");
+    fn vnet_header_marks_tcp_checksums_and_oversized_segments() {
+        assert_eq!(vnet_header(&tcp4(1460), 1500, false), [0; VNET_HDR_LEN]);
+        let hdr = vnet_header(&tcp4(1460), 1500, true);
+        assert_eq!(hdr[..2], [NEEDS_CSUM, 0], "checksum left, no segmentation");
+        assert_eq!(u16::from_le_bytes([hdr[6], hdr[7]]), 34, "csum_start");
+        assert_eq!(u16::from_le_bytes([hdr[8], hdr[9]]), 16, "csum_offset");
+        let hdr = vnet_header(&tcp4(60_000), 1500, false);
+        assert_eq!(hdr[0], 0, "complete checksum");
         assert_eq!(hdr[1], GSO_TCPV4);
         assert_eq!(u16::from_le_bytes([hdr[2], hdr[3]]), 54, "hdr_len");
         assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1460, "gso_size");
@@ -547,15 +564,14 @@ mod tests {
         v6[12..14].copy_from_slice(&[0x86, 0xdd]);
         v6[14 + 6] = 6;
         v6[14 + 40 + 12] = 5 << 4;
-        let hdr = vnet_header(&v6, 1500);
-        assert_eq!(
-            (hdr[1], u16::from_le_bytes([hdr[4], hdr[5]])),
-            (GSO_TCPV6, 1440)
-        );
-        // Not TCP: no segmentation.
+        let hdr = vnet_header(&v6, 1500, true);
+        assert_eq!((hdr[0], hdr[1]), (NEEDS_CSUM, GSO_TCPV6));
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1440, "gso_size");
+        assert_eq!(u16::from_le_bytes([hdr[6], hdr[7]]), 54, "csum_start");
+        // Not TCP: nothing to do.
         let mut udp = tcp4(60_000);
         udp[14 + 9] = 17;
-        assert_eq!(vnet_header(&udp, 1500), [0; VNET_HDR_LEN]);
+        assert_eq!(vnet_header(&udp, 1500, true), [0; VNET_HDR_LEN]);
     }
 
     #[test]
