@@ -240,7 +240,10 @@ bench_qemu() {
         rec "$s" q_in "$(iperf_med iperf3 -c 127.0.0.1 -p 15202)"
     else rec "$s" q_in FAIL; fi
     stop "$qemu_pid"
-    [[ -n $stack_pid ]] && { kill -0 "$stack_pid" 2>/dev/null || log "qemu/$s: stack process died"; stop "$stack_pid"; }
+    if [[ -n $stack_pid ]]; then
+        kill -0 "$stack_pid" 2>/dev/null || log "qemu/$s: stack process died"
+        stop "$stack_pid"
+    fi
 }
 if [[ -n $QSTACKS ]]; then
     make_initrd "$WORK/initrd"
