@@ -36,6 +36,8 @@ WORK=$(mktemp -d /tmp/usernet-bench.XXXXXX)
 RAW="$WORK/raw.tsv"; : >"$RAW"
 STACKS=${BENCH_STACKS-usernet slirp4netns pasta}
 QSTACKS=${BENCH_QEMU-usernet qemu passt}
+# usernet's MTU in QEMU mode: passt's default (QEMU's -nic user stays at 1500).
+QEMU_MTU=${BENCH_QEMU_MTU:-65520}
 GUEST=$ROOT/.cache/guest
 if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; else RUNS=3; SECS=5; fi
 RR_N=10000; CRR_N=2000; HOLD_N=1000
@@ -188,7 +190,8 @@ make_initrd() {  # $1 = output
     local d=$WORK/cpio
     rm -rf "$d"; mkdir -p "$d"
     cat >"$d/scenario.sh" <<EOS
-udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1 || echo "bench: no DHCP lease"
+udhcpc -i eth0 -O mtu -n -q -t 5 -T 2 >/dev/null 2>&1 || echo "bench: no DHCP lease"
+ip link show eth0 | sed -n "s/.* mtu \([0-9]*\).*/bench-mtu: \1/p"
 iperf3 -s -p 5201 -D
 sleep 1
 for r in \$(seq $RUNS); do
@@ -206,7 +209,7 @@ bench_qemu() {
     rm -f "$sock" "$con"
     case $s in
     usernet)
-        bg "$USERNET" qemu --socket "$sock" --dns-upstream 127.0.0.1:53 \
+        bg "$USERNET" qemu --socket "$sock" --mtu "$QEMU_MTU" --dns-upstream 127.0.0.1:53 \
             --hostfwd tcp:127.0.0.1:15202-10.0.2.15:5201 2>"$WORK/q-$s.log"
         stack_pid=${PIDS[-1]}
         net=(-netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sock") ;;
@@ -232,6 +235,7 @@ bench_qemu() {
         kill -0 "$qemu_pid" 2>/dev/null || break
         sleep 0.1
     done
+    rec "$s" q_mtu "$(tr -d '\r' <"$con" | sed -n 's/^bench-mtu: //p' | head -1 | grep . || echo n/a)"
     vals=()
     while read -r v; do vals+=("$v"); done < <(tr -d '\r' <"$con" | awk '/^bench-up: / {for (i = 1; i < NF; i++) if ($(i+1) == "Gbits/sec") print $i}')
     if ((${#vals[@]})); then rec "$s" q_out "$(python3 "$TOOL" median "${vals[@]}")"
@@ -281,6 +285,7 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "(\`usernet qemu --socket\`), on QEMU's own \`-netdev user\` (libslirp) and on passt, both over QEMU's \`-netdev stream\`"
     echo "unix socket; guest→host: iperf3 client in the guest to 10.0.2.2 (host loopback), median of $RUNS × $SECS s;"
     echo "host→guest: client on the host to a port forward on 127.0.0.1, same runs. Emulation bounds these figures."
+    echo "Guest MTU as each stack's DHCP set it: usernet runs with --mtu $QEMU_MTU (passt's default), QEMU's -nic user has 1500."
 } >"$WORK/meta.md"
 python3 "$TOOL" report "$RAW" "$OUT" "$WORK/meta.md"
 log "wrote $OUT (total ${ELAPSED}s of measurements)"

@@ -155,6 +155,7 @@ STACKS = ["usernet", "slirp4netns", "pasta"]
 QROWS = [
     ("q_out", "TCP throughput guest→host (iperf3 in the guest)", "Gbit/s", True),
     ("q_in", "TCP throughput host→guest (port fwd)", "Gbit/s", True),
+    ("q_mtu", "Guest MTU (from the stack's DHCP)", "bytes", None),
 ]
 QSTACKS = ["usernet", "qemu", "passt"]
 QNAMES = ["usernet", "QEMU -nic user", "passt"]
@@ -178,9 +179,10 @@ def table(vals, rows, stacks, names):
         ratios = []
         for peer in cells[1:]:
             pv = num(peer)
-            ratios.append(f"{u / pv:.2f}" if u is not None and pv else "n/a")
-        arrow = "↑" if hib else "↓"
-        lines.append(f"| {label} | {unit} ({arrow} better) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+            ok = hib is not None and u is not None and pv
+            ratios.append(f"{u / pv:.2f}" if ok else ("—" if hib is None else "n/a"))
+        arrow = {True: " (↑ better)", False: " (↓ better)", None: ""}[hib]
+        lines.append(f"| {label} | {unit}{arrow} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 

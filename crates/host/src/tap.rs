@@ -18,7 +18,8 @@
 //!   datagram socket of that namespace (no netlink, no `ip` binary);
 //! - [`Tap`] implements the event loop's [`Transport`]: reads frames until
 //!   `EAGAIN` (at most the per-turn bound), writes one frame per `write(2)`
-//!   and, should the device ever refuse with `EAGAIN`, keeps up to
+//!   as soon as the stack built it and, should the device ever refuse with
+//!   `EAGAIN`, keeps up to
 //!   [`OUT_FRAMES`] frames queued and stops taking frames from the stack
 //!   (back-pressure) until the descriptor is writable again.
 //!
@@ -497,10 +498,30 @@ impl Transport for Tap {
     }
 
     fn commit(&mut self, len: usize) -> &[u8] {
-        let mut buf = std::mem::take(&mut self.slot);
-        let end = (VNET_HDR_LEN + len).min(buf.len());
-        let hdr = vnet_header(&buf[VNET_HDR_LEN..end], self.mtu, self.offload.tx_csum);
-        buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
+        let end = (VNET_HDR_LEN + len).min(self.slot.len());
+        let hdr = vnet_header(
+            &self.slot[VNET_HDR_LEN..end],
+            self.mtu,
+            self.offload.tx_csum,
+        );
+        self.slot[..VNET_HDR_LEN].copy_from_slice(&hdr);
+        // Written at once when nothing waits before it: the slot is reused
+        // for the next frame, so a busy link needs one buffer, not a
+        // queue's worth of 64 KiB ones.
+        if self.queue.is_empty() {
+            loop {
+                match self.write_frame(&self.slot[..end]) {
+                    Ok(_) => return &self.slot[VNET_HDR_LEN..end],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!("{}: frame dropped: {e}", self.name);
+                        return &self.slot[VNET_HDR_LEN..end];
+                    }
+                }
+            }
+        }
+        let buf = std::mem::take(&mut self.slot);
         self.queue.push_back((buf, end));
         match self.queue.back() {
             Some((buf, len)) => &buf[VNET_HDR_LEN..*len],
