@@ -551,8 +551,17 @@ impl TcpFlow {
             // Shut the window until the socket drains (it refused us, so
             // the kernel reports writability once it has room).
             self.host_full = true;
+            self.space = host.tcp_send_space(token);
+            return Ok(sent);
         }
-        self.space = host.tcp_send_space(token);
+        // The free space only shrank by what was sent, or less (the peer
+        // acknowledges, the kernel grows the buffer): while that lower
+        // bound is above the largest window it decides nothing, so the
+        // kernel is asked (two syscalls) only near the edge.
+        self.space = match self.space.checked_sub(sent) {
+            Some(left) if left >= WINDOW_BYTES => left,
+            _ => host.tcp_send_space(token),
+        };
         Ok(sent)
     }
 
