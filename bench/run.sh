@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark usernet against slirp4netns and pasta serving a network namespace.
+# Then QEMU mode: the test guest (.cache/guest, TCG) on usernet, on QEMU's
+# own -nic user and on passt over the same stream socket, iperf3 both ways.
 # Usage: sudo bench/run.sh            (full: iperf3 3 x 5 s, median)
 #        BENCH_QUICK=1 bench/run.sh   (quick: iperf3 1 x 2 s)
-# Optional: BENCH_STACKS="usernet slirp4netns pasta", BENCH_OUT=bench/RESULTS.md
+# Optional: BENCH_STACKS="usernet slirp4netns pasta",
+#           BENCH_QEMU="usernet qemu passt" (empty: skip QEMU mode),
+#           BENCH_OUT=bench/RESULTS.md
 # Everything runs inside a network namespace this script creates (a veth
 # with a default route that leads nowhere), so no traffic leaves the machine.
 set -euo pipefail
@@ -26,11 +30,15 @@ if [[ "${1:-}" != --inner ]]; then
 fi
 
 # ---- inside the benchmark's own outer network namespace (the "host") ----
-USERNET="$ROOT/target/release/usernet"
+USERNET="${CARGO_TARGET_DIR:-$ROOT/target}/release/usernet"
 NS=usernet-bench-$$
 WORK=$(mktemp -d /tmp/usernet-bench.XXXXXX)
 RAW="$WORK/raw.tsv"; : >"$RAW"
-STACKS=${BENCH_STACKS:-usernet slirp4netns pasta}
+STACKS=${BENCH_STACKS-usernet slirp4netns pasta}
+QSTACKS=${BENCH_QEMU-usernet qemu passt}
+# usernet's MTU in QEMU mode: passt's default (QEMU's -nic user stays at 1500).
+QEMU_MTU=${BENCH_QEMU_MTU:-65520}
+GUEST=$ROOT/.cache/guest
 if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; else RUNS=3; SECS=5; fi
 RR_N=10000; CRR_N=2000; HOLD_N=1000
 PIDS=()
@@ -167,6 +175,84 @@ bench_stack() {
 }
 
 for s in $STACKS; do bench_stack "$s"; done
+
+# ---- QEMU mode ----
+# The guest runs /scenario.sh (appended to the cached initramfs as a second
+# cpio): DHCP, an iperf3 server for host->guest, then its own iperf3 client
+# to the host (10.0.2.2 -> host loopback) whose summary we read on the
+# console; the host side then measures host->guest through a port forward
+# (127.0.0.1:15202 -> guest 5201). TCG: figures are bound by emulation.
+if [[ -n $QSTACKS && ! -f $GUEST/vmlinuz ]]; then
+    log "no test guest in $GUEST (scripts/setup.sh builds it): QEMU mode skipped"
+    QSTACKS=
+fi
+make_initrd() {  # $1 = output
+    local d=$WORK/cpio
+    rm -rf "$d"; mkdir -p "$d"
+    cat >"$d/scenario.sh" <<EOS
+udhcpc -i eth0 -O mtu -n -q -t 5 -T 2 >/dev/null 2>&1 || echo "bench: no DHCP lease"
+ip link show eth0 | sed -n "s/.* mtu \([0-9]*\).*/bench-mtu: \1/p"
+iperf3 -s -p 5201 -D
+sleep 1
+for r in \$(seq $RUNS); do
+    timeout $((SECS + 30)) iperf3 -c 10.0.2.2 -p 5201 -t $SECS -f g 2>&1 | grep receiver | sed 's/^/bench-up: /'
+done
+echo bench-up-done
+sleep 600
+EOS
+    chmod 755 "$d/scenario.sh"
+    cp "$GUEST/initramfs.cpio.gz" "$1"
+    (cd "$d" && echo scenario.sh | cpio -o -H newc --quiet | gzip -c) >>"$1"
+}
+bench_qemu() {
+    local s=$1 net con=$WORK/console-$1 sock=$WORK/q-$1.sock stack_pid= qemu_pid v vals=() i r
+    rm -f "$sock" "$con"
+    case $s in
+    usernet)
+        bg "$USERNET" qemu --socket "$sock" --mtu "$QEMU_MTU" --dns-upstream 127.0.0.1:53 \
+            --hostfwd tcp:127.0.0.1:15202-10.0.2.15:5201 2>"$WORK/q-$s.log"
+        stack_pid=${PIDS[-1]}
+        net=(-netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sock") ;;
+    passt)
+        bg passt -f -q --runas 0 -s "$sock" -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3 \
+            -t 15202:5201 -u none >"$WORK/q-$s.log" 2>&1
+        stack_pid=${PIDS[-1]}
+        net=(-netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sock") ;;
+    qemu)
+        net=(-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:15202-:5201") ;;
+    esac
+    if [[ -n $stack_pid ]]; then
+        for i in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+        [[ -S $sock ]] || { log "qemu/$s: no socket: $(tail -c 300 "$WORK/q-$s.log")"; stop "$stack_pid"; return; }
+    fi
+    bg qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -no-reboot \
+        -kernel "$GUEST/vmlinuz" -initrd "$WORK/initrd" \
+        -append "console=ttyS0 quiet panic=-1" "${net[@]}" -device virtio-net-pci,netdev=n0 \
+        </dev/null >"$con" 2>&1
+    qemu_pid=${PIDS[-1]}
+    for i in $(seq $((10 * (60 + RUNS * (SECS + 30))))); do
+        grep -q bench-up-done "$con" 2>/dev/null && break
+        kill -0 "$qemu_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    rec "$s" q_mtu "$(tr -d '\r' <"$con" | sed -n 's/^bench-mtu: //p' | head -1 | grep . || echo n/a)"
+    vals=()
+    while read -r v; do vals+=("$v"); done < <(tr -d '\r' <"$con" | awk '/^bench-up: / {for (i = 1; i < NF; i++) if ($(i+1) == "Gbits/sec") print $i}')
+    if ((${#vals[@]})); then rec "$s" q_out "$(python3 "$TOOL" median "${vals[@]}")"
+    else rec "$s" q_out FAIL; log "qemu/$s console: $(tr -d '\r' <"$con" | tail -c 400)"; fi
+    if grep -q bench-up-done "$con"; then
+        rec "$s" q_in "$(iperf_med iperf3 -c 127.0.0.1 -p 15202)"
+    else rec "$s" q_in FAIL; fi
+    stop "$qemu_pid"
+    if [[ -n $stack_pid ]]; then
+        kill -0 "$stack_pid" 2>/dev/null || log "qemu/$s: stack process died"
+        stop "$stack_pid"
+    fi
+}
+if [[ -n $QSTACKS ]]; then
+    make_initrd "$WORK/initrd"
+    for s in $QSTACKS; do log "== QEMU guest on $s"; bench_qemu "$s"; done
+fi
 ELAPSED=$(($(date +%s) - T0))
 
 # ---- report ----
@@ -179,6 +265,7 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "- usernet: $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) (release build)"
     echo "- slirp4netns: $(slirp4netns --version | head -1 | awk '{print $3}')"
     echo "- pasta (passt): $pasta_ver"
+    echo "- QEMU: $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') (TCG); passt: $pasta_ver"
     echo "- iperf3: $(iperf3 --version | head -1 | awk '{print $2}'); python3: $(python3 -c 'import platform; print(platform.python_version())')"
     if [[ -n "${BENCH_QUICK:-}" ]]; then
         echo "- Mode: **QUICK** (BENCH_QUICK=1): iperf3 1 run of 2 s per figure"
@@ -194,6 +281,11 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "RR: $RR_N 1-byte round trips on one connection (python3 client and server, TCP_NODELAY; includes python overhead on both ends)."
     echo "Connect+close: $CRR_N sequential connect()/close() (python3). RSS: VmRSS of the stack process, idle and with $HOLD_N idle"
     echo "namespace→host connections open (the process is usernet / slirp4netns / pasta itself). Latency, connect rate and RSS at MTU 1500."
+    echo "QEMU mode: the test guest (.cache/guest: Debian kernel, busybox, iperf3; TCG, 1 vCPU, virtio-net) on usernet"
+    echo "(\`usernet qemu --socket\`), on QEMU's own \`-netdev user\` (libslirp) and on passt, both over QEMU's \`-netdev stream\`"
+    echo "unix socket; guest→host: iperf3 client in the guest to 10.0.2.2 (host loopback), median of $RUNS × $SECS s;"
+    echo "host→guest: client on the host to a port forward on 127.0.0.1, same runs. Emulation bounds these figures."
+    echo "Guest MTU as each stack's DHCP set it: usernet runs with --mtu $QEMU_MTU (passt's default), QEMU's -nic user has 1500."
 } >"$WORK/meta.md"
 python3 "$TOOL" report "$RAW" "$OUT" "$WORK/meta.md"
 log "wrote $OUT (total ${ELAPSED}s of measurements)"

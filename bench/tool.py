@@ -9,7 +9,7 @@
   tool.py iperf FILE                bits_per_second of an iperf3 -J result -> Gbit/s
   tool.py median V...               median of values
   tool.py wait HOST PORT SECS       wait until HOST:PORT accepts a connection
-  tool.py report RAW OUT META       markdown table from run.sh's raw results
+  tool.py report RAW OUT META       markdown tables from run.sh's raw results (+ bench/profile.md)
 """
 import json, os, selectors, socket, statistics, sys, time
 
@@ -152,6 +152,38 @@ ROWS = [
     ("rss_1000", "RSS of the stack process, 1,000 idle TCP conns", "MiB", False),
 ]
 STACKS = ["usernet", "slirp4netns", "pasta"]
+QROWS = [
+    ("q_out", "TCP throughput guest→host (iperf3 in the guest)", "Gbit/s", True),
+    ("q_in", "TCP throughput host→guest (port fwd)", "Gbit/s", True),
+    ("q_mtu", "Guest MTU (from the stack's DHCP)", "bytes", None),
+]
+QSTACKS = ["usernet", "qemu", "passt"]
+QNAMES = ["usernet", "QEMU -nic user", "passt"]
+
+
+def table(vals, rows, stacks, names):
+    """Markdown table: one column per stack, then usernet's ratio to each peer."""
+    def num(v):
+        try:
+            return float(v.split("*")[0])
+        except (TypeError, ValueError):
+            return None
+    lines = [
+        "| Metric | unit | " + " | ".join(names) + " | "
+        + " | ".join(f"usernet ÷ {n}" for n in names[1:]) + " |",
+        "|---|---|" + "---:|" * (2 * len(names) - 1),
+    ]
+    for key, label, unit, hib in rows:
+        cells = [vals.get((s, key), "n/a").replace("_", " ") for s in stacks]
+        u = num(cells[0])
+        ratios = []
+        for peer in cells[1:]:
+            pv = num(peer)
+            ok = hib is not None and u is not None and pv
+            ratios.append(f"{u / pv:.2f}" if ok else ("—" if hib is None else "n/a"))
+        arrow = {True: " (↑ better)", False: " (↓ better)", None: ""}[hib]
+        lines.append(f"| {label} | {unit}{arrow} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
 
 
 def report(raw, out, meta):
@@ -160,34 +192,27 @@ def report(raw, out, meta):
         p = line.split()
         if len(p) >= 3:
             vals[(p[0], p[1])] = p[2]
-    def num(v):
-        try:
-            return float(v.split("*")[0])
-        except (TypeError, ValueError):
-            return None
-    lines = [
-        "| Metric | unit | usernet | slirp4netns | pasta | usernet ÷ slirp4netns | usernet ÷ pasta |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for key, label, unit, hib in ROWS:
-        cells = [vals.get((s, key), "n/a").replace("_", " ") for s in STACKS]
-        u = num(cells[0])
-        ratios = []
-        for peer in cells[1:]:
-            pv = num(peer)
-            ratios.append(f"{u / pv:.2f}" if u is not None and pv else "n/a")
-        arrow = "↑" if hib else "↓"
-        lines.append(f"| {label} | {unit} ({arrow} better) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    table = "\n".join(lines)
-    print(table)
+    table_ns = table(vals, ROWS, STACKS, STACKS)
+    have_q = any(k[1].startswith("q_") for k in vals)
+    table_q = table(vals, QROWS, QSTACKS, QNAMES) if have_q else None
+    print(table_ns)
+    if table_q:
+        print()
+        print(table_q)
     m = open(meta).read()
+    here = os.path.dirname(os.path.abspath(__file__))
+    prof = os.path.join(here, "profile.md")
+    costs = open(prof).read().strip() if os.path.exists(prof) else "Not profiled yet (bench/profile.md)."
     with open(out, "w") as f:
         f.write("# usernet benchmark results\n\n")
         f.write(m)
         f.write("\n## Namespace mode\n\n")
-        f.write(table + "\n\n")
+        f.write(table_ns + "\n\n")
+        if table_q:
+            f.write("## QEMU mode\n\n")
+            f.write(table_q + "\n\n")
         f.write("Ratios are usernet's figure divided by the peer's: above 1 is better for usernet on ↑ rows, below 1 is better on ↓ rows.\n\n")
-        f.write("## Top costs\n\nTODO: profile usernet (e.g. `perf record -g` on the stack process during the throughput and RR runs) and list the top costs here.\n")
+        f.write("## Top costs\n\n(From bench/profile.md, written by hand from a profile; not measured by this run.)\n\n" + costs + "\n")
 
 
 if __name__ == "__main__":

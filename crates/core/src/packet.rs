@@ -11,6 +11,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    checksum,
 };
 
 /// Ethernet header length.
@@ -143,6 +144,43 @@ pub fn udp(
 /// Writes a TCP segment described by `repr` (options and payload included);
 /// returns the frame length.
 pub fn tcp(buf: &mut [u8], macs: Macs, src: IpAddr, dst: IpAddr, repr: &TcpRepr) -> Option<usize> {
+    tcp_link(buf, macs, src, dst, repr, false)
+}
+
+/// [`tcp`] for a link that may complete checksums: with `partial`, the
+/// checksum field holds only the pseudo-header sum (see
+/// [`crate::offload::Offload::tx_csum`]).
+pub fn tcp_link(
+    buf: &mut [u8],
+    macs: Macs,
+    src: IpAddr,
+    dst: IpAddr,
+    repr: &TcpRepr,
+    partial: bool,
+) -> Option<usize> {
+    let end = tcp_full(buf, macs, src, dst, repr)?;
+    if partial {
+        let off = ETH_LEN + ip_len(dst);
+        partial_checksum(&mut TcpPacket::new_unchecked(&mut buf[off..end]), src, dst);
+    }
+    Some(end)
+}
+
+/// Sets a TCP segment's checksum to the pseudo-header sum alone, the
+/// start a link with checksum offload completes (Linux's
+/// `CHECKSUM_PARTIAL`).
+fn partial_checksum(pkt: &mut TcpPacket<&mut [u8]>, src: IpAddr, dst: IpAddr) {
+    let len = pkt.as_ref().len() as u32;
+    let sum = checksum::pseudo_header(
+        &IpAddress::from(src),
+        &IpAddress::from(dst),
+        IpProtocol::Tcp,
+        len,
+    );
+    pkt.set_checksum(sum);
+}
+
+fn tcp_full(buf: &mut [u8], macs: Macs, src: IpAddr, dst: IpAddr, repr: &TcpRepr) -> Option<usize> {
     let len = repr.buffer_len();
     let off = ip_headers(buf, macs, src, dst, IpProtocol::Tcp, len)?;
     let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
@@ -175,6 +213,8 @@ pub struct Segment {
     pub window: u16,
     /// FIN flag.
     pub fin: bool,
+    /// Leave the checksum to the link: write only the pseudo-header sum.
+    pub partial_csum: bool,
 }
 
 /// Writes a TCP ACK|PSH segment whose `len` payload bytes are already in
@@ -201,7 +241,11 @@ pub fn tcp_in_place(buf: &mut [u8], macs: Macs, seg: &Segment, len: usize) -> Op
     pkt.set_fin(seg.fin);
     pkt.set_window_len(seg.window);
     pkt.set_urgent_at(0);
-    pkt.fill_checksum(&IpAddress::from(seg.src.0), &IpAddress::from(seg.dst.0));
+    if seg.partial_csum {
+        partial_checksum(&mut pkt, seg.src.0, seg.dst.0);
+    } else {
+        pkt.fill_checksum(&IpAddress::from(seg.src.0), &IpAddress::from(seg.dst.0));
+    }
     Some(end)
 }
 
@@ -246,6 +290,7 @@ mod tests {
             ack: TcpSeqNumber(2000),
             window: 512,
             fin: true,
+            partial_csum: false,
         };
         let n = tcp_in_place(&mut buf, MACS, &seg, 3).expect("fits");
         let ip = Ipv4Packet::new_checked(&buf[14..n]).expect("ip");
@@ -254,6 +299,33 @@ mod tests {
         assert!(tcp.fin() && tcp.ack() && tcp.psh());
         assert_eq!(tcp.payload(), b"abc");
         assert_eq!(tcp.seq_number(), TcpSeqNumber(1000));
+    }
+
+    /// A partial checksum, completed as a link does it (the folded sum of
+    /// the segment from the TCP header on, field included, inverted), is
+    /// the right one.
+    #[test]
+    fn tcp_partial_checksum_completes_to_the_full_one() {
+        let mut buf = [0u8; 128];
+        let src = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
+        let dst = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 15));
+        let off = tcp_payload_offset(dst);
+        buf[off..off + 5].copy_from_slice(b"hello");
+        let seg = Segment {
+            src: (src, 80),
+            dst: (dst, 40000),
+            seq: TcpSeqNumber(7),
+            ack: TcpSeqNumber(9),
+            window: 100,
+            fin: false,
+            partial_csum: true,
+        };
+        let n = tcp_in_place(&mut buf, MACS, &seg, 5).expect("fits");
+        let start = ETH_LEN + ip_len(dst);
+        let sum = !checksum::data(&buf[start..n]);
+        buf[start + 16..start + 18].copy_from_slice(&sum.to_be_bytes());
+        let tcp = TcpPacket::new_checked(&buf[start..n]).expect("tcp");
+        assert!(tcp.verify_checksum(&src.into(), &dst.into()));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::flow::{Evict, FLOW_TOKEN_LIMIT, FlowId, Key, Table};
 use crate::host::{HostEvent, HostIo, Proto as HostProto, Token};
 use crate::icmp::{self, IcmpFlow};
 use crate::nat::{self, Proto, Verdict};
+use crate::offload::Offload;
 use crate::output::Output;
 use crate::packet::{self, Macs};
 use crate::tcp::{self, Env, State, Status, TcpFlow};
@@ -64,6 +65,10 @@ pub struct Counters {
     pub egress_refused: u64,
     /// Frames dropped because the output queue was full.
     pub out_dropped: u64,
+    /// Guest TCP segments dropped: refused by a full host socket beyond
+    /// what the flow keeps, or out of order after such a drop. The guest
+    /// retransmits them; on a healthy link this stays 0.
+    pub tcp_dropped: u64,
 }
 
 /// Opening the stack's own host sockets failed.
@@ -145,6 +150,8 @@ fn listener_token(i: usize) -> Token {
 pub struct Stack {
     cfg: Config,
     counters: Counters,
+    /// What the guest link offloads (see [`Stack::set_offload`]).
+    offload: Offload,
     /// The guest's MAC, learnt from its frames.
     guest_mac: Option<EthernetAddress>,
     /// The guest's address, learnt from DHCP or ARP.
@@ -186,11 +193,17 @@ fn macs(cfg: &Config, guest: Option<EthernetAddress>) -> Macs {
 
 /// What flows see of the stack; borrows only the configuration, so the
 /// flow table and output queue stay free to borrow mutably.
-fn env(cfg: &Config, guest_mac: Option<EthernetAddress>, now: Instant) -> Env<'_> {
+fn env(
+    cfg: &Config,
+    guest_mac: Option<EthernetAddress>,
+    offload: Offload,
+    now: Instant,
+) -> Env<'_> {
     Env {
         cfg,
         macs: macs(cfg, guest_mac),
         now,
+        offload,
     }
 }
 
@@ -242,6 +255,7 @@ impl Stack {
             out: Output::new(OUTPUT_LIMIT, cfg.max_frame()),
             listeners: Vec::new(),
             rng: cfg.seed,
+            offload: Offload::default(),
             guest_mac: None,
             guest_ip: None,
             guest_ip6: None,
@@ -348,6 +362,25 @@ impl Stack {
         }
     }
 
+    /// Declares what the guest link offloads (none until called): with
+    /// [`Offload::rx_trusted`], frames may be larger than the MTU and their
+    /// checksums are not verified; with [`Offload::tso`], TCP segments to
+    /// the guest may be up to 64 KiB and `poll_frame` needs a buffer of
+    /// [`crate::offload::MAX_OFFLOAD_FRAME`] bytes. See [`crate::offload`].
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.offload = offload;
+    }
+
+    /// Checksum checks for guest frames: none when the link vouches for
+    /// them.
+    fn rx_caps(&self) -> ChecksumCapabilities {
+        if self.offload.rx_trusted {
+            ChecksumCapabilities::ignored()
+        } else {
+            ChecksumCapabilities::default()
+        }
+    }
+
     /// Handles one Ethernet frame from the guest.
     pub fn handle_frame<H: HostIo>(&mut self, now: Instant, frame: &[u8], host: &mut H) {
         self.counters.frames_in += 1;
@@ -409,7 +442,7 @@ impl Stack {
             self.counters.fragments += 1;
             return;
         }
-        let Ok(ip) = Ipv4Repr::parse(&pkt, &ChecksumCapabilities::default()) else {
+        let Ok(ip) = Ipv4Repr::parse(&pkt, &self.rx_caps()) else {
             self.counters.malformed += 1;
             return;
         };
@@ -530,7 +563,7 @@ impl Stack {
         data: &[u8],
         host: &mut H,
     ) {
-        let caps = ChecksumCapabilities::default();
+        let caps = self.rx_caps();
         let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
         match proto {
             IpProtocol::Udp => {
@@ -555,7 +588,7 @@ impl Stack {
                         return self.dhcpv6(src_mac, s6, sport, udp.payload());
                     }
                     (_, tftp::PORT) if self.serves_tftp(dst) && sport != 0 => {
-                        let env = env(&self.cfg, self.guest_mac, now);
+                        let env = env(&self.cfg, self.guest_mac, self.offload, now);
                         let client = SocketAddr::new(src, sport);
                         let payload = udp.payload();
                         return self
@@ -643,7 +676,7 @@ impl Stack {
             return false;
         };
         self.counters.flows_evicted += 1;
-        let env = env(&self.cfg, self.guest_mac, now);
+        let env = env(&self.cfg, self.guest_mac, self.offload, now);
         if let Some((_, Flow::Tcp(f))) = self.flows.get(id)
             && f.host_open()
         {
@@ -886,11 +919,12 @@ impl Stack {
                 self.counters.malformed += 1;
                 return;
             }
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) else {
                 return;
             };
             let status = f.on_segment(&env, id.token(), seg, host, &mut self.out);
+            self.counters.tcp_dropped += f.take_dropped();
             self.settle(id, status != Status::Open, host);
             return;
         }
@@ -950,8 +984,9 @@ impl Stack {
             return;
         };
         let macs = self.macs();
+        let partial = self.offload.tx_csum;
         self.out
-            .push_with(|buf| packet::tcp(buf, macs, remote.ip(), guest.ip(), &rst));
+            .push_with(|buf| packet::tcp_link(buf, macs, remote.ip(), guest.ip(), &rst, partial));
     }
 
     /// An echo request of either family: answered for the stack's own
@@ -1058,7 +1093,7 @@ impl Stack {
         let Some(id) = FlowId::from_token(ev.token) else {
             return self.listener_event(now, ev, host);
         };
-        let env = env(&self.cfg, self.guest_mac, now);
+        let env = env(&self.cfg, self.guest_mac, self.offload, now);
         let Some((_, flow)) = self.flows.get_mut(id) else {
             return;
         };
@@ -1176,7 +1211,7 @@ impl Stack {
                     }
                 }
             }
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(new_id) {
                 f.send_syn(&env, new_id.token(), host, &mut self.out);
             }
@@ -1194,10 +1229,10 @@ impl Stack {
                 .push_with(|buf| ndp::router_advert(buf, cfg, macs, ndp::ALL_NODES));
             self.next_ra = Some(now + RA_INTERVAL);
         }
-        let tftp_env = env(&self.cfg, self.guest_mac, now);
+        let tftp_env = env(&self.cfg, self.guest_mac, self.offload, now);
         self.tftp.handle_timeout(&tftp_env, host, &mut self.out);
         while let Some(id) = self.flows.pop_due(now) {
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };
@@ -1235,7 +1270,7 @@ impl Stack {
         host: &mut H,
     ) -> Option<usize> {
         while let Some(id) = self.flows.next_ready() {
-            let env = env(&self.cfg, self.guest_mac, now);
+            let env = env(&self.cfg, self.guest_mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };

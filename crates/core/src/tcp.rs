@@ -6,12 +6,21 @@
 //! socket buffers as the only buffers:
 //!
 //! - **Guest to host.** A guest segment's payload is written to the host
-//!   socket at once, and only what the socket accepted is acknowledged. The
-//!   window the guest sees is the free space of the host socket's send
-//!   buffer, so a slow host peer pushes back on the guest (a zero window),
-//!   and nothing is buffered here. If the socket took only part of a
-//!   segment, the rest is not acknowledged; once the socket drains, a window
-//!   update and duplicate ACKs make the guest retransmit it at once.
+//!   socket at once, and acknowledged once the socket took it. The window
+//!   the guest sees is the free space of the host socket's send buffer, so
+//!   a slow host peer pushes back on the guest (a zero window). That free
+//!   space is an estimate (the kernel charges its own overhead per buffer,
+//!   and a window is advertised once per batch of segments), so a socket
+//!   may refuse part of what the window allowed: that part is kept in a
+//!   small per-flow `pending` buffer (bounded by the window we advertised
+//!   and [`MAX_PENDING`]), acknowledged, and written first once the socket
+//!   drains, while our window stays shut. Dropping it instead would throw
+//!   away every segment in flight behind it (with 64 KiB segments, a whole
+//!   window, which the guest then resends one segment per round trip: we
+//!   offer no SACK). The refusal is also what makes the kernel grow the
+//!   send buffer and report writability later. Only data beyond those
+//!   bounds is dropped (counted); a window update and duplicate ACKs then
+//!   make the guest retransmit it.
 //! - **Host to guest.** Data the host peer sent stays in the socket's
 //!   receive queue until the guest acknowledges it: frames are built by
 //!   peeking it (`skip` = bytes already in flight) straight into the frame
@@ -41,6 +50,7 @@ use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 use crate::config::Config;
 use crate::flow::Key;
 use crate::host::{HostEvent, HostIo, Token};
+use crate::offload;
 use crate::output::Output;
 use crate::packet::{self, Macs, Segment};
 
@@ -63,8 +73,26 @@ const MAX_RETRIES: u8 = 10;
 const OUR_WSCALE: u8 = 7;
 /// Largest window advertised.
 const MAX_WINDOW: usize = (u16::MAX as usize) << OUR_WSCALE;
+/// Largest window advertised, in full-sized segments. A window is
+/// frames, not bytes, to the guest's transmit queue: a tap queues at most
+/// `txqueuelen` frames (1000 by default) and drops the rest, so a window of
+/// 4 MiB at MTU 1500 (2,900 frames) overruns it whenever usernet falls
+/// behind, and every drop costs a window resent. Half the queue leaves
+/// room for other flows.
+const WINDOW_FRAMES: usize = 512;
+/// Largest window advertised, in bytes. The guest link is local: its
+/// bandwidth-delay product is a few hundred KiB even at 20 Gbit/s, so a
+/// larger window only lets the guest fill the host socket's send buffer,
+/// and a full socket shuts our window until the kernel reports a third of
+/// it free again: stop and go (ns→host at MTU 65520 ran at a third of the
+/// speed with windows of the socket's whole free space).
+const WINDOW_BYTES: usize = 1 << 20;
 /// Default MSS when the guest sends none (RFC 9293).
 const DEFAULT_MSS: usize = 536;
+/// Most guest data kept per flow when the host socket refuses data inside
+/// our advertised window (see the module doc). The overshoot is a few
+/// percent of a window in practice; this bounds a guest that lies.
+pub const MAX_PENDING: usize = 1 << 20;
 
 /// A TCP flow's state (see the module's lifecycle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +129,10 @@ pub struct Env<'a> {
     pub macs: Macs,
     /// The current time.
     pub now: Instant,
+    /// What the link offloads ([`crate::offload`]): with `tso`, data
+    /// segments may carry up to 64 KiB whatever the MSS; with `tx_csum`,
+    /// TCP checksums are left to the link.
+    pub offload: offload::Offload,
 }
 
 /// One guest TCP connection and its host socket.
@@ -140,6 +172,14 @@ pub struct TcpFlow {
     guest_fin: bool,
     /// The host socket refused data; waiting for it to drain.
     host_full: bool,
+    /// Acknowledged guest data the host socket refused, written before
+    /// anything else once it drains (at most [`MAX_PENDING`]).
+    pending: Vec<u8>,
+    /// The right edge of the largest window advertised to the guest: the
+    /// guest may send up to here, so `pending` may hold up to here.
+    rcv_edge: TcpSeqNumber,
+    /// Guest segments dropped since [`TcpFlow::take_dropped`].
+    dropped: u64,
     /// Send duplicate ACKs so the guest retransmits what was refused.
     dup_acks: u8,
     /// A pure ACK (or window update) is owed to the guest.
@@ -193,6 +233,9 @@ impl TcpFlow {
             fin_sent: false,
             guest_fin: false,
             host_full: false,
+            pending: Vec::new(),
+            rcv_edge: TcpSeqNumber(0),
+            dropped: 0,
             dup_acks: 0,
             ack_pending: false,
             rto: RTO_INITIAL,
@@ -229,6 +272,7 @@ impl TcpFlow {
 
     fn take_syn_options(&mut self, cfg: &Config, syn: &TcpRepr) {
         self.rcv_nxt = syn.seq_number + 1;
+        self.rcv_edge = self.rcv_nxt;
         let link = link_mss(cfg.mtu, self.guest.ip());
         self.mss = syn
             .max_seg_size
@@ -288,12 +332,29 @@ impl TcpFlow {
         (self.guest, self.remote)
     }
 
+    /// Guest segments dropped (refused beyond the pending bound, or out of
+    /// order) since the last call; the stack sums them in its counters.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Notes that the guest was offered `window` bytes from `rcv_nxt`.
+    fn advertised(&mut self, window: usize) {
+        let edge = seq_add(self.rcv_nxt, window);
+        if seq_gt(edge, self.rcv_edge) {
+            self.rcv_edge = edge;
+        }
+    }
+
     /// Our window field for the guest.
     fn window_field(&self) -> u16 {
         let bytes = if self.host_full {
             0
         } else {
-            self.space.min(MAX_WINDOW)
+            self.space
+                .min(MAX_WINDOW)
+                .min(WINDOW_BYTES)
+                .min(WINDOW_FRAMES * self.mss)
         };
         (bytes >> self.our_wscale).min(usize::from(u16::MAX)) as u16
     }
@@ -321,13 +382,17 @@ impl TcpFlow {
             payload: &[],
         };
         let (src, dst) = (self.remote.ip(), self.guest.ip());
-        out.push_with(|buf| packet::tcp(buf, env.macs, src, dst, &repr));
+        let partial = env.offload.tx_csum;
+        out.push_with(|buf| packet::tcp_link(buf, env.macs, src, dst, &repr, partial));
     }
 
     /// Sends (or resends) our SYN to the guest for an inbound connection,
     /// or our SYN-ACK for an outbound one.
     pub fn send_syn<H: HostIo>(&mut self, env: &Env, token: Token, host: &mut H, out: &mut Output) {
         self.space = host.tcp_send_space(token);
+        if self.state == State::SynAckSent {
+            self.advertised(self.space.min(usize::from(u16::MAX)));
+        }
         self.control(env, out, TcpControl::Syn, self.iss);
         self.rto_at = Some(env.now + self.rto);
     }
@@ -427,6 +492,13 @@ impl TcpFlow {
     fn on_data<H: HostIo>(&mut self, seg: &TcpRepr, token: Token, host: &mut H) -> io::Result<()> {
         let fin = seg.control == TcpControl::Fin;
         if seg.payload.is_empty() && !fin {
+            if seq_gt(self.rcv_nxt, seg.seq_number) {
+                // A zero-window probe or keepalive (one byte before
+                // `rcv_nxt`): answer with our current window, which may
+                // have opened without the socket telling us.
+                self.space = host.tcp_send_space(token);
+                self.ack_pending = true;
+            }
             return Ok(());
         }
         self.ack_pending = true;
@@ -436,21 +508,19 @@ impl TcpFlow {
         // The part of the payload not seen yet (a retransmission may
         // overlap what the host socket already took).
         let end = seq_add(seg.seq_number, seg.payload.len());
-        if seq_gt(seg.seq_number, self.rcv_nxt) || seq_gt(self.rcv_nxt, end) {
-            return Ok(()); // out of order, or all old: a duplicate ACK
+        if seq_gt(seg.seq_number, self.rcv_nxt) {
+            self.dropped += 1;
+            return Ok(()); // out of order (after a drop): a duplicate ACK
+        }
+        if seq_gt(self.rcv_nxt, end) {
+            return Ok(()); // all old: a duplicate ACK
         }
         let new = &seg.payload[seq_diff(self.rcv_nxt, seg.seq_number)..];
-        let mut taken = 0;
         if !new.is_empty() {
-            match host.tcp_send(token, new) {
-                Ok(n) => taken = n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+            let taken = self.write_host(token, new, host)?;
             self.rcv_nxt = seq_add(self.rcv_nxt, taken);
-            self.space = host.tcp_send_space(token);
             if taken < new.len() {
-                self.host_full = true;
+                self.dropped += 1;
                 self.dup_acks = 2;
                 return Ok(());
             }
@@ -458,14 +528,80 @@ impl TcpFlow {
         if fin {
             self.rcv_nxt += 1;
             self.guest_fin = true;
-            host.tcp_shutdown_write(token);
+            if self.pending.is_empty() {
+                host.tcp_shutdown_write(token);
+            }
         }
         Ok(())
     }
 
+    /// Writes guest data to the host socket, keeping what it refuses in
+    /// `pending` as far as the window we advertised and [`MAX_PENDING`]
+    /// allow. Returns how many bytes of `data` were taken either way.
+    fn write_host<H: HostIo>(
+        &mut self,
+        token: Token,
+        data: &[u8],
+        host: &mut H,
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        if self.pending.is_empty() {
+            match host.tcp_send(token, data) {
+                Ok(n) => sent = n.min(data.len()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rest = &data[sent..];
+        if !rest.is_empty() {
+            let start = seq_add(self.rcv_nxt, sent);
+            let promised = if seq_gt(self.rcv_edge, start) {
+                seq_diff(self.rcv_edge, start)
+            } else {
+                0
+            };
+            let room = MAX_PENDING.saturating_sub(self.pending.len());
+            let keep = rest.len().min(room).min(promised);
+            self.pending.extend_from_slice(&rest[..keep]);
+            sent += keep;
+            // Shut the window until the socket drains (it refused us, so
+            // the kernel reports writability once it has room).
+            self.host_full = true;
+            self.space = host.tcp_send_space(token);
+            return Ok(sent);
+        }
+        // The free space only shrank by what was sent, or less (the peer
+        // acknowledges, the kernel grows the buffer): while that lower
+        // bound is above the largest window it decides nothing, so the
+        // kernel is asked (two syscalls) only near the edge.
+        self.space = match self.space.checked_sub(sent) {
+            Some(left) if left >= WINDOW_BYTES => left,
+            _ => host.tcp_send_space(token),
+        };
+        Ok(sent)
+    }
+
+    /// Writes `pending` to the host socket; `Ok(true)` once it is empty.
+    fn flush_pending<H: HostIo>(&mut self, token: Token, host: &mut H) -> io::Result<bool> {
+        while !self.pending.is_empty() {
+            match host.tcp_send(token, &self.pending) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.pending.drain(..n.min(self.pending.len()));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // Give the memory back: few flows ever need it.
+        self.pending = Vec::new();
+        Ok(true)
+    }
+
     fn check_closed<H: HostIo>(&mut self, env: &Env, token: Token, host: &mut H) -> Status {
         let all_acked = self.snd_una == self.snd_nxt;
-        if self.state == State::Established && self.guest_fin && self.fin_sent && all_acked {
+        let done = self.guest_fin && self.fin_sent && all_acked && self.pending.is_empty();
+        if self.state == State::Established && done {
             self.state = State::Lingering;
             self.since = env.now;
             self.rto_at = None;
@@ -516,9 +652,24 @@ impl TcpFlow {
             self.readable = true;
         }
         if ev.writable && self.host_full {
-            self.host_full = false;
-            self.space = host.tcp_send_space(token);
-            self.ack_pending = true;
+            match self.flush_pending(token, host) {
+                Ok(true) => {
+                    self.host_full = false;
+                    if self.guest_fin {
+                        host.tcp_shutdown_write(token);
+                    }
+                    self.space = host.tcp_send_space(token);
+                    self.ack_pending = true;
+                    return self.check_closed(env, token, host);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(?e, guest = %self.guest, "host socket write failed");
+                    self.reset_guest(env, out);
+                    host.tcp_abort(token);
+                    return Status::Closed;
+                }
+            }
         }
         Status::Open
     }
@@ -541,7 +692,8 @@ impl TcpFlow {
             payload: &[],
         };
         let (src, dst) = (self.remote.ip(), self.guest.ip());
-        out.push_with(|buf| packet::tcp(buf, env.macs, src, dst, &repr));
+        let partial = env.offload.tx_csum;
+        out.push_with(|buf| packet::tcp_link(buf, env.macs, src, dst, &repr, partial));
     }
 
     /// Runs the flow's timers.
@@ -632,7 +784,12 @@ impl TcpFlow {
             let window = self.snd_wnd.saturating_sub(self.in_flight());
             let off = packet::tcp_payload_offset(self.guest.ip());
             let room = buf.len().saturating_sub(off);
-            let want = self.mss.min(window).min(room);
+            let seg_max = if env.offload.tso {
+                offload::tso_payload(self.guest.ip())
+            } else {
+                self.mss
+            };
+            let want = seg_max.min(window).min(room);
             if want > 0 {
                 match host.tcp_peek(token, self.in_flight(), &mut buf[off..off + want]) {
                     Ok(0) => self.host_eof = true,
@@ -673,20 +830,23 @@ impl TcpFlow {
     }
 
     fn emit_at(
-        &self,
+        &mut self,
         env: &Env,
         buf: &mut [u8],
         seq: TcpSeqNumber,
         len: usize,
         fin: bool,
     ) -> Option<usize> {
+        let window = self.window_field();
+        self.advertised(usize::from(window) << self.our_wscale);
         let seg = Segment {
             src: (self.remote.ip(), self.remote.port()),
             dst: (self.guest.ip(), self.guest.port()),
             seq,
             ack: self.rcv_nxt,
-            window: self.window_field(),
+            window,
             fin,
+            partial_csum: env.offload.tx_csum,
         };
         packet::tcp_in_place(buf, env.macs, &seg, len)
     }

@@ -27,6 +27,7 @@ use mio::{Events, Interest, Poll, Registry};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use usernet_core::Stack;
+use usernet_core::offload::Offload;
 use usernet_core::stack::StartError;
 
 use crate::DRIVER_TOKEN_BASE;
@@ -66,6 +67,12 @@ pub trait Transport {
     fn ready(&mut self, registry: &Registry, token: mio::Token) -> io::Result<()>;
     /// Whether a guest is connected.
     fn is_up(&self) -> bool;
+    /// What the link offloads for the stack ([`Stack::set_offload`]);
+    /// [`Transport::out_slot`] must then hold frames of
+    /// [`usernet_core::offload::MAX_OFFLOAD_FRAME`] bytes.
+    fn offload(&self) -> Offload {
+        Offload::default()
+    }
     /// Reads frames and hands each to `f`, at most `max` of them.
     fn read_frames(
         &mut self,
@@ -194,7 +201,7 @@ pub fn run_with<T: Transport>(
     sockets: impl FnOnce(Registry) -> Sockets<MioPoller>,
     controls: &mut [&mut dyn Control],
 ) -> Result<Stopped, RunError> {
-    let mut poll = Poll::new().map_err(RunError::Poll)?;
+    let poll = Poll::new().map_err(RunError::Poll)?;
     let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
     let mut sockets = sockets(registry.try_clone().map_err(RunError::Poll)?);
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RunError::Signals)?;
@@ -205,10 +212,36 @@ pub fn run_with<T: Transport>(
     for c in controls.iter_mut() {
         c.register(&registry).map_err(RunError::Control)?;
     }
+    stack.set_offload(transport.offload());
     stack.start(&mut sockets)?;
     for c in controls.iter_mut() {
         c.started().map_err(RunError::Started)?;
     }
+    let stopped = serve(
+        stack,
+        transport,
+        &mut pcap,
+        &mut sockets,
+        controls,
+        poll,
+        signals,
+    );
+    // One line a test or a user can check: what the stack saw and dropped.
+    tracing::info!(counters = ?stack.counters(), "stack stopped");
+    stopped
+}
+
+/// The loop itself (see the module doc).
+fn serve<T: Transport>(
+    stack: &mut Stack,
+    transport: &mut T,
+    pcap: &mut Option<Pcap>,
+    sockets: &mut Sockets<MioPoller>,
+    controls: &mut [&mut dyn Control],
+    mut poll: Poll,
+    mut signals: Signals,
+) -> Result<Stopped, RunError> {
+    let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
 
     let mut events = Events::with_capacity(1024);
     // The guest may have more to read / the stack more to send than one
@@ -238,7 +271,7 @@ pub fn run_with<T: Transport>(
                     return Ok(Stopped::Signal(sig));
                 }
             } else if let Some(c) = controls.iter_mut().find(|c| c.owns(token)) {
-                if c.ready(&registry, token, stack, &mut sockets) == Flow::Stop {
+                if c.ready(&registry, token, stack, sockets) == Flow::Stop {
                     return Ok(Stopped::Control);
                 }
             } else if transport.owns(token) {
@@ -249,37 +282,37 @@ pub fn run_with<T: Transport>(
                 // Reading is cheap to try: it stops at WouldBlock.
                 rx_pending = true;
             } else {
-                stack.handle_host(now, host_event(ev), &mut sockets);
+                stack.handle_host(now, host_event(ev), sockets);
             }
         }
 
         if rx_pending {
             let status = transport.read_frames(&registry, MAX_FRAMES_PER_TURN, &mut |frame| {
                 tracing::debug!(len = frame.len(), "frame from guest");
-                capture(&mut pcap, frame);
-                stack.handle_frame(now, frame, &mut sockets);
+                capture(pcap, frame);
+                stack.handle_frame(now, frame, sockets);
             });
             rx_pending = status == ReadStatus::More;
             if status == ReadStatus::Closed {
-                stack.reset_link(&mut sockets);
+                stack.reset_link(sockets);
                 // A waiting client may have been taken on.
                 rx_pending = transport.is_up();
             }
         }
 
-        drive::run_timers(stack, now, &mut sockets);
+        drive::run_timers(stack, now, sockets);
 
         let mut sent = 0;
         while transport.is_up() {
             let polled = drive::poll_frames(
                 stack,
                 now,
-                &mut sockets,
+                sockets,
                 transport,
                 MAX_FRAMES_PER_TURN - sent,
                 &mut |frame| {
                     tracing::debug!(len = frame.len(), "frame to guest");
-                    capture(&mut pcap, frame);
+                    capture(pcap, frame);
                 },
             );
             sent += polled.sent;
@@ -289,7 +322,7 @@ pub fn run_with<T: Transport>(
                 Ok(true) if full && sent < MAX_FRAMES_PER_TURN => {}
                 Ok(_) => break,
                 Err(_) => {
-                    stack.reset_link(&mut sockets);
+                    stack.reset_link(sockets);
                     rx_pending = transport.is_up();
                     break;
                 }
@@ -297,11 +330,11 @@ pub fn run_with<T: Transport>(
         }
         tx_pending = sent >= MAX_FRAMES_PER_TURN;
 
-        if let Some(p) = &mut pcap
+        if let Some(p) = pcap
             && let Err(e) = p.flush()
         {
             tracing::warn!("pcap: {e}; capture stopped");
-            pcap = None;
+            *pcap = None;
         }
     }
 }

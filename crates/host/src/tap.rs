@@ -18,17 +18,33 @@
 //!   datagram socket of that namespace (no netlink, no `ip` binary);
 //! - [`Tap`] implements the event loop's [`Transport`]: reads frames until
 //!   `EAGAIN` (at most the per-turn bound), writes one frame per `write(2)`
-//!   and, should the device ever refuse with `EAGAIN`, keeps up to
+//!   as soon as the stack built it and, should the device ever refuse with
+//!   `EAGAIN`, keeps up to
 //!   [`OUT_FRAMES`] frames queued and stops taking frames from the stack
 //!   (back-pressure) until the descriptor is writable again.
+//!
+//! # Offload
+//! The device is opened with `IFF_VNET_HDR`: every frame read or written
+//! starts with a 10-byte `struct virtio_net_hdr`. [`Tap::new`] then asks
+//! for checksum and TCP segmentation offload (`TUNSETOFFLOAD` with
+//! `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`), so the namespace's kernel sends
+//! us TCP segments of up to 64 KiB whatever the MTU (one `read` instead of
+//! 45 at MTU 1500) with checksums it does not bother to finish (the bytes
+//! never leave memory), and takes TCP segments of up to 64 KiB from us:
+//! a frame longer than MTU + 14 goes out with `gso_type` TCPV4/TCPV6 and
+//! `gso_size` = the MTU's segment size, and the kernel splits it if it ever
+//! has to (its own TCP takes it whole, as from GRO). The stack learns this
+//! through [`Transport::offload`] ([`usernet_core::offload`]); the vnet
+//! header itself never reaches it. The stack leaves TCP checksums partial
+//! (the pseudo-header sum) and we mark those frames `NEEDS_CSUM`: the
+//! namespace's kernel trusts them when it delivers locally and completes
+//! them if it forwards, so nobody sums 64 KiB segments twice. If the kernel
+//! refuses the offload, frames keep the (zero) header, full checksums, and
+//! stay within the MTU.
 //!
 //! The descriptor stays usable after the opening thread leaves the
 //! namespace: a tap belongs to the namespace it was created in, whoever
 //! holds the descriptor.
-//!
-//! Not built yet: `IFF_VNET_HDR` with `TUNSETOFFLOAD` (TSO/GSO and checksum
-//! offload, so one `read` carries up to 64 KiB of TCP) is the next
-//! performance step; it needs the core to accept and emit GSO frames.
 //!
 //! `unsafe` is limited to `ioctl(2)`, `read(2)` and `write(2)` calls on
 //! descriptors we own, with `// SAFETY:` on each.
@@ -41,6 +57,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::{Interest, Registry, Token};
+use usernet_core::offload::{MAX_OFFLOAD_FRAME, Offload};
 
 use crate::event_loop::{ReadStatus, Transport};
 
@@ -49,6 +66,14 @@ const TAP: Token = Token(crate::DRIVER_TOKEN_BASE as usize + 0x10);
 
 /// The most frames queued for the tap when it refuses writes.
 pub const OUT_FRAMES: usize = 64;
+
+/// Length of `struct virtio_net_hdr` (linux/virtio_net.h), the header
+/// `IFF_VNET_HDR` puts before every frame (the kernel's default size).
+const VNET_HDR_LEN: usize = 10;
+/// `virtio_net_hdr.gso_type` for a TCP/IPv4 segment to be split.
+const GSO_TCPV4: u8 = 1;
+/// `virtio_net_hdr.gso_type` for a TCP/IPv6 segment to be split.
+const GSO_TCPV6: u8 = 4;
 
 /// The transmit queue length set on the tap (the namespace's side of the
 /// queue, frames waiting for us to read): tun's default, which slirp4netns
@@ -128,9 +153,69 @@ pub fn create(name: &str) -> io::Result<OwnedFd> {
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = ifreq(name);
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req)?;
     Ok(fd)
+}
+
+/// `TUNSETOFFLOAD`: checksum and TCP segmentation offload, both ways.
+fn set_offload(fd: RawFd) -> io::Result<()> {
+    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its flags by value, not a pointer; the
+    // descriptor is ours.
+    let r = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `virtio_net_hdr.flags`: the checksum from `csum_start` on is left to
+/// the kernel, whose field at `csum_start + csum_offset` holds the
+/// pseudo-header sum.
+const NEEDS_CSUM: u8 = 1;
+
+/// The `virtio_net_hdr` for a frame we write: all zero (complete checksum,
+/// no segmentation) unless the frame is TCP. A TCP segment is marked
+/// `NEEDS_CSUM` when the stack left its checksum partial (`partial_csum`,
+/// [`Offload::tx_csum`]), and one longer than the MTU gets `gso_type`,
+/// `hdr_len` and `gso_size` so the kernel may split it at the MTU. The
+/// frame is our own; an odd one just gets the zero header.
+fn vnet_header(frame: &[u8], mtu: usize, partial_csum: bool) -> [u8; VNET_HDR_LEN] {
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let (gso_type, ip_len, proto) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let ihl = frame.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
+            (GSO_TCPV4, ihl, frame.get(14 + 9))
+        }
+        Some([0x86, 0xdd]) => (GSO_TCPV6, 40, frame.get(14 + 6)),
+        _ => return hdr,
+    };
+    let Some(&tcp_off) = frame.get(14 + ip_len + 12) else {
+        return hdr;
+    };
+    let headers = ip_len + usize::from(tcp_off >> 4) * 4;
+    if proto != Some(&6) || ip_len < 20 || headers >= mtu {
+        return hdr;
+    }
+    // Fields (little-endian, a tap's native order): flags, gso_type,
+    // hdr_len, gso_size, csum_start, csum_offset.
+    if partial_csum && let Ok(start) = u16::try_from(14 + ip_len) {
+        hdr[0] = NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&start.to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    }
+    if frame.len() > mtu + 14
+        && let (Ok(hdr_len), Ok(gso_size)) =
+            (u16::try_from(14 + headers), u16::try_from(mtu - headers))
+    {
+        hdr[1] = gso_type;
+        hdr[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+        hdr[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    }
+    hdr
 }
 
 /// `struct sockaddr_in` for `ip`, as the generic `sockaddr` the ioctls take.
@@ -255,22 +340,45 @@ pub struct Tap {
     name: String,
     /// Whether the descriptor still works (a hard read error ends it).
     up: bool,
-    /// One received frame.
+    /// One received frame, after its vnet header.
     rx: Vec<u8>,
     /// Frames written by the stack but not yet taken by the device, each
-    /// with its length.
+    /// with its length (vnet header included).
     queue: VecDeque<(Vec<u8>, usize)>,
     /// Buffers of written frames, for reuse.
     pool: Vec<Vec<u8>>,
-    /// The buffer handed out by the last `out_slot`.
+    /// The buffer handed out by the last `out_slot` (room for the vnet
+    /// header, then the frame).
     slot: Vec<u8>,
+    /// Largest frame we write (MTU + 14, or 64 KiB with offload).
     max_frame: usize,
+    /// The link MTU.
+    mtu: usize,
+    /// Offloads the kernel accepted.
+    offload: Offload,
 }
 
 impl Tap {
     /// Wraps a tap descriptor from [`create`] carrying frames up to
-    /// `max_frame` bytes (the MTU plus the Ethernet header).
+    /// `max_frame` bytes (the MTU plus the Ethernet header), and turns on
+    /// offload (see the module doc) if the kernel agrees.
     pub fn new(fd: OwnedFd, name: &str, max_frame: usize) -> Tap {
+        let offload = match set_offload(fd.as_raw_fd()) {
+            Ok(()) => Offload {
+                rx_trusted: true,
+                tso: true,
+                tx_csum: true,
+            },
+            Err(e) => {
+                tracing::info!("{name}: no checksum/segmentation offload: {e}");
+                Offload::default()
+            }
+        };
+        let big = if offload.tso || offload.rx_trusted {
+            MAX_OFFLOAD_FRAME.max(max_frame)
+        } else {
+            max_frame
+        };
         Tap {
             fd,
             name: name.to_owned(),
@@ -278,11 +386,13 @@ impl Tap {
             // Room for a VLAN tag beyond the largest frame we expect, so an
             // oversized frame is seen (and dropped by the core) rather than
             // cut.
-            rx: vec![0; max_frame + 4],
+            rx: vec![0; VNET_HDR_LEN + big + 4],
             queue: VecDeque::with_capacity(OUT_FRAMES),
             pool: Vec::new(),
             slot: Vec::new(),
-            max_frame,
+            max_frame: if offload.tso { big } else { max_frame },
+            mtu: max_frame.saturating_sub(14),
+            offload,
         }
     }
 
@@ -335,6 +445,10 @@ impl Transport for Tap {
         self.up
     }
 
+    fn offload(&self) -> Offload {
+        self.offload
+    }
+
     fn read_frames(
         &mut self,
         registry: &Registry,
@@ -348,8 +462,10 @@ impl Transport for Tap {
         while n < max {
             match self.read_frame() {
                 Ok(0) => break,
+                // Shorter than its vnet header: nothing to hand on.
+                Ok(len) if len <= VNET_HDR_LEN => n += 1,
                 Ok(len) => {
-                    f(&self.rx[..len]);
+                    f(&self.rx[VNET_HDR_LEN..len]);
                     n += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStatus::Drained,
@@ -375,16 +491,40 @@ impl Transport for Tap {
             return None;
         }
         if self.slot.is_empty() {
-            self.slot = self.pool.pop().unwrap_or_else(|| vec![0; self.max_frame]);
+            let len = VNET_HDR_LEN + self.max_frame;
+            self.slot = self.pool.pop().unwrap_or_else(|| vec![0; len]);
         }
-        Some(&mut self.slot[..])
+        self.slot.get_mut(VNET_HDR_LEN..)
     }
 
     fn commit(&mut self, len: usize) -> &[u8] {
+        let end = (VNET_HDR_LEN + len).min(self.slot.len());
+        let hdr = vnet_header(
+            &self.slot[VNET_HDR_LEN..end],
+            self.mtu,
+            self.offload.tx_csum,
+        );
+        self.slot[..VNET_HDR_LEN].copy_from_slice(&hdr);
+        // Written at once when nothing waits before it: the slot is reused
+        // for the next frame, so a busy link needs one buffer, not a
+        // queue's worth of 64 KiB ones.
+        if self.queue.is_empty() {
+            loop {
+                match self.write_frame(&self.slot[..end]) {
+                    Ok(_) => return &self.slot[VNET_HDR_LEN..end],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!("{}: frame dropped: {e}", self.name);
+                        return &self.slot[VNET_HDR_LEN..end];
+                    }
+                }
+            }
+        }
         let buf = std::mem::take(&mut self.slot);
-        self.queue.push_back((buf, len));
+        self.queue.push_back((buf, end));
         match self.queue.back() {
-            Some((buf, len)) => &buf[..*len],
+            Some((buf, len)) => &buf[VNET_HDR_LEN..*len],
             None => &[],
         }
     }
@@ -417,6 +557,42 @@ mod tests {
         assert!(ifname("").is_err());
         assert!(ifname("sixteen-chars-xx").is_err());
         assert!(ifname("a\0b").is_err());
+    }
+
+    /// A TCP/IPv4 frame of `payload` bytes as the core builds it.
+    fn tcp4(payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20 + payload];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[14 + 20 + 12] = 5 << 4;
+        f
+    }
+
+    #[test]
+    fn vnet_header_marks_tcp_checksums_and_oversized_segments() {
+        assert_eq!(vnet_header(&tcp4(1460), 1500, false), [0; VNET_HDR_LEN]);
+        let hdr = vnet_header(&tcp4(1460), 1500, true);
+        assert_eq!(hdr[..2], [NEEDS_CSUM, 0], "checksum left, no segmentation");
+        assert_eq!(u16::from_le_bytes([hdr[6], hdr[7]]), 34, "csum_start");
+        assert_eq!(u16::from_le_bytes([hdr[8], hdr[9]]), 16, "csum_offset");
+        let hdr = vnet_header(&tcp4(60_000), 1500, false);
+        assert_eq!(hdr[0], 0, "complete checksum");
+        assert_eq!(hdr[1], GSO_TCPV4);
+        assert_eq!(u16::from_le_bytes([hdr[2], hdr[3]]), 54, "hdr_len");
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1460, "gso_size");
+        let mut v6 = vec![0u8; 14 + 40 + 20 + 4000];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[14 + 6] = 6;
+        v6[14 + 40 + 12] = 5 << 4;
+        let hdr = vnet_header(&v6, 1500, true);
+        assert_eq!((hdr[0], hdr[1]), (NEEDS_CSUM, GSO_TCPV6));
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1440, "gso_size");
+        assert_eq!(u16::from_le_bytes([hdr[6], hdr[7]]), 54, "csum_start");
+        // Not TCP: nothing to do.
+        let mut udp = tcp4(60_000);
+        udp[14 + 9] = 17;
+        assert_eq!(vnet_header(&udp, 1500, true), [0; VNET_HDR_LEN]);
     }
 
     #[test]

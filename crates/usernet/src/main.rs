@@ -170,16 +170,8 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
     }
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r));
-    let result = usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls);
-    log_counters(&stack);
-    result?;
+    usernet_host::run_with(&mut stack, &mut server, pcap, sockets, &mut controls)?;
     Ok(())
-}
-
-/// What the stack counted, logged once it stops (drops, refusals and
-/// evictions show how hard the guest pushed).
-fn log_counters(stack: &Stack) {
-    tracing::info!("stopped: {:?}", stack.counters());
 }
 
 /// The configuration of a tap mode (`ns`, `attach`): the stack's, with the
@@ -254,9 +246,9 @@ fn serve_tap(
     for c in controls.iter_mut() {
         all.push(&mut **c);
     }
-    let result = usernet_host::run_with(&mut stack, &mut tap, pcap, sockets, &mut all);
-    log_counters(&stack);
-    Ok(result?)
+    Ok(usernet_host::run_with(
+        &mut stack, &mut tap, pcap, sockets, &mut all,
+    )?)
 }
 
 fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<ApiServer>> {

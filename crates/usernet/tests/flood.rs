@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::ns::{HttpServer, Proc, attach, in_ns, namespace, wait_for_tap};
-use common::{TempDir, assert_isolated_netns};
+use common::{TempDir, assert_isolated_netns, counter, stopped_counters};
 
 /// Frames per flood.
 const FLOOD: u32 = 100_000;
@@ -204,14 +204,14 @@ fn flood(kind: &str) {
     );
     let counters = stop(usernet, &log);
     eprintln!("flood {kind}: {counters}");
-    let counter = if kind == "frag" {
+    let name = if kind == "frag" {
         "fragments"
     } else {
         "flows_evicted"
     };
     assert!(
-        count(&counters, counter) > 0,
-        "the {kind} flood raised no {counter}: {counters}"
+        counter(&counters, name).unwrap_or(0) > 0,
+        "the {kind} flood raised no {name}: {counters}"
     );
     drop(sink);
 }
@@ -227,19 +227,9 @@ fn stop(mut usernet: Proc, log: &dyn Fn() -> String) -> String {
         thread::sleep(Duration::from_millis(50));
     }
     let text = log();
-    text.lines()
-        .find(|l| l.contains("stopped: Counters"))
+    stopped_counters(&text)
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no counters logged at exit; log:\n{text}"))
-}
-
-/// The value of `name: N` in a logged `Counters`.
-fn count(counters: &str, name: &str) -> u64 {
-    counters
-        .split_once(&format!("{name}: "))
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -899,3 +899,18 @@ pub fn dhcp_message_type(bootp: &[u8]) -> Option<u8> {
 }
 pub mod bulk;
 pub mod ns;
+
+/// The stack's counters as usernet logs them when it stops (the last
+/// "stack stopped" line of its log), if it did.
+pub fn stopped_counters(log: &str) -> Option<&str> {
+    log.lines().rev().find(|l| l.contains("stack stopped"))
+}
+
+/// The value of `name: N` in logged `Counters`.
+pub fn counter(counters: &str, name: &str) -> Option<u64> {
+    let (_, rest) = counters.split_once(&format!("{name}: "))?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
