@@ -53,9 +53,8 @@ pub enum Proto {
 ///
 /// The core treats every kind alike: after
 /// [`HostIo::tcp_connect_guestfwd`] the token is a stream like any TCP
-/// socket (`tcp_send`, `tcp_peek`, ...). A new kind (libslirp's
-/// callback-driven `slirp_add_guestfwd`) is a new variant that only the
-/// drivers interpret.
+/// socket (`tcp_send`, `tcp_peek`, ...). Each kind is interpreted only by
+/// the drivers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GuestFwdTarget {
@@ -64,6 +63,11 @@ pub enum GuestFwdTarget {
     Cmd(String),
     /// A unix stream socket to connect to per connection.
     Unix(PathBuf),
+    /// The driver's own endpoint number `id` (libslirp's
+    /// `slirp_add_guestfwd`, whose data goes to an embedder's callback):
+    /// the driver hands the other end of each connection to whoever
+    /// registered `id`.
+    Callback(u64),
 }
 
 impl fmt::Display for GuestFwdTarget {
@@ -71,6 +75,7 @@ impl fmt::Display for GuestFwdTarget {
         match self {
             GuestFwdTarget::Cmd(c) => write!(f, "cmd:{c}"),
             GuestFwdTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+            GuestFwdTarget::Callback(id) => write!(f, "callback:{id}"),
         }
     }
 }

@@ -12,6 +12,12 @@
 //!   command exits, usernet reads end of stream and the guest sees FIN.
 //! - `unix:PATH` connects to a listening unix stream socket per
 //!   connection.
+//! - a callback (libslirp's `slirp_add_guestfwd`, no command line form)
+//!   is a `socketpair` per connection whose other end, non-blocking, waits
+//!   in [`Callbacks`] for the driver that registered the callback to take
+//!   it ([`Sockets::take_callback_peers`]) and pump between it and its
+//!   callback. At most [`MAX_CALLBACK_PEERS`] wait, so a driver that never
+//!   takes them (one without callbacks) holds a bounded number.
 //!
 //! Commands are reaped without blocking whenever one is spawned or the
 //! sockets are dropped ([`Children`]); at most [`MAX_CHILDREN`] run at
@@ -20,8 +26,10 @@
 //! it.
 //!
 //! [`Sockets`]: crate::Sockets
+//! [`Sockets::take_callback_peers`]: crate::Sockets::take_callback_peers
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -29,6 +37,40 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 /// The most guestfwd commands running at once.
 pub const MAX_CHILDREN: usize = 256;
+
+/// The most callback ends waiting to be taken.
+pub const MAX_CALLBACK_PEERS: usize = 256;
+
+/// A new stream socket pair: usernet's end non-blocking, the other as made.
+fn pair() -> io::Result<(Socket, Socket)> {
+    let (ours, theirs) = Socket::pair(Domain::UNIX, Type::STREAM, None)?;
+    ours.set_nonblocking(true)?;
+    Ok((ours, theirs))
+}
+
+/// The other ends of callback connections, waiting for the driver: the
+/// callback's id and the socket.
+#[derive(Debug, Default)]
+pub struct Callbacks(Vec<(u64, UnixStream)>);
+
+impl Callbacks {
+    /// A connection to callback `id`: returns usernet's end; the other,
+    /// non-blocking, waits to be taken.
+    pub fn connect(&mut self, id: u64) -> io::Result<Socket> {
+        if self.0.len() >= MAX_CALLBACK_PEERS {
+            return Err(io::Error::other("too many callback connections waiting"));
+        }
+        let (ours, theirs) = pair()?;
+        theirs.set_nonblocking(true)?;
+        self.0.push((id, UnixStream::from(OwnedFd::from(theirs))));
+        Ok(ours)
+    }
+
+    /// Takes the ends waiting, oldest first.
+    pub fn take(&mut self) -> Vec<(u64, UnixStream)> {
+        std::mem::take(&mut self.0)
+    }
+}
 
 /// The guestfwd commands still running.
 #[derive(Debug, Default)]
@@ -57,8 +99,7 @@ impl Children {
         if self.0.len() >= MAX_CHILDREN {
             return Err(io::Error::other("too many guestfwd commands running"));
         }
-        let (ours, theirs) = Socket::pair(Domain::UNIX, Type::STREAM, None)?;
-        ours.set_nonblocking(true)?;
+        let (ours, theirs) = pair()?;
         let theirs = OwnedFd::from(theirs);
         let child = Command::new("/bin/sh")
             .arg("-c")
@@ -118,6 +159,36 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
             kids.reap();
         }
+    }
+
+    #[test]
+    fn callback_pair_and_bound() {
+        let mut cbs = Callbacks::default();
+        let ours = cbs.connect(7).expect("pair");
+        let taken = cbs.take();
+        assert_eq!(taken.len(), 1);
+        let (id, theirs) = &taken[0];
+        assert_eq!(*id, 7);
+        (&ours).write_all(b"to cb").expect("write");
+        drop(ours);
+        let mut got = Vec::new();
+        let mut theirs = theirs;
+        for _ in 0..1000 {
+            match theirs.read_to_end(&mut got) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert_eq!(got, b"to cb");
+        assert!(cbs.take().is_empty(), "taken once");
+        let held: Vec<Socket> = (0..MAX_CALLBACK_PEERS)
+            .map(|_| cbs.connect(1).expect("pair"))
+            .collect();
+        assert!(cbs.connect(1).is_err(), "more than the bound waiting");
+        drop(held);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use usernet_core::host::{GuestFwdTarget, HostIo, Proto};
 
 use crate::DRIVER_TOKEN_BASE;
 use crate::files::{self, RootFile};
-use crate::guestfwd::{self, Children};
+use crate::guestfwd::{self, Callbacks, Children};
 
 /// Backlog of port-forward listeners (the kernel caps it at
 /// `net.core.somaxconn`, 4096 by default). Host clients connect without
@@ -169,6 +169,8 @@ pub struct Sockets<P: Poller> {
     files: HashMap<Token, RootFile>,
     /// guestfwd commands still running.
     children: Children,
+    /// The other ends of callback guestfwd connections, for the driver.
+    callbacks: Callbacks,
 }
 
 fn not_found() -> io::Error {
@@ -264,6 +266,7 @@ impl<P: Poller> Sockets<P> {
             outbound: (None, None),
             files: HashMap::new(),
             children: Children::default(),
+            callbacks: Callbacks::default(),
         }
     }
 
@@ -272,6 +275,13 @@ impl<P: Poller> Sockets<P> {
     pub fn with_outbound(mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Self {
         self.outbound = (v4, v6);
         self
+    }
+
+    /// Takes the other ends of the callback guestfwd connections opened
+    /// since the last call ([`GuestFwdTarget::Callback`]), with their
+    /// callback's id, oldest first (see [`crate::guestfwd`]).
+    pub fn take_callback_peers(&mut self) -> Vec<(u64, std::os::unix::net::UnixStream)> {
+        self.callbacks.take()
     }
 
     /// The address an outbound socket to `dst` binds to, if any.
@@ -614,6 +624,7 @@ impl<P: Poller> HostIo for Sockets<P> {
         let sock = match target {
             GuestFwdTarget::Cmd(cmd) => self.children.spawn(cmd)?,
             GuestFwdTarget::Unix(path) => guestfwd::connect_unix(path)?,
+            GuestFwdTarget::Callback(id) => self.callbacks.connect(*id)?,
             _ => return Err(io::ErrorKind::Unsupported.into()),
         };
         self.insert(

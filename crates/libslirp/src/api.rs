@@ -11,9 +11,10 @@
 //! - catches any panic so that none unwinds into C, reports it through the
 //!   embedder's `guest_error`, and poisons the instance.
 //!
-//! Failure values are libslirp's: `NULL`, `-1`, or nothing. Guest forwards
-//! to a callback (`slirp_add_guestfwd`, `slirp_socket_recv`), which the
-//! core does not have yet, are exported and fail cleanly.
+//! Failure values are libslirp's: `NULL`, `-1`, or nothing. One
+//! consequence of refusing re-entry: an embedder's `write_cb` (a guest
+//! forward to a callback) cannot answer with `slirp_socket_recv` from
+//! inside the call; QEMU answers from its main loop.
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io::Write as _;
@@ -29,7 +30,7 @@ use crate::config::{
     self, SLIRP_HOSTFWD_UDP, SLIRP_HOSTFWD_V6ONLY, SlirpAddPollCb, SlirpCb, SlirpConfig,
     SlirpGetREventsCb, SlirpReadCb, SlirpWriteCb,
 };
-use crate::slirp::{Slirp, guest_target};
+use crate::slirp::{Slirp, Target, guest_target};
 
 thread_local! {
     /// Instances inside an entry point on this thread.
@@ -498,7 +499,7 @@ unsafe fn add_guestfwd(
     name: &str,
     guest_addr: *mut in_addr,
     guest_port: c_int,
-    target: Option<GuestFwdTarget>,
+    target: Option<Target>,
 ) -> c_int {
     let (Some(port), Some(target)) = (port(guest_port), target) else {
         return -1;
@@ -558,7 +559,7 @@ pub unsafe extern "C" fn slirp_add_exec(
 ) -> c_int {
     // SAFETY: forwarded contract.
     unsafe {
-        let target = c_string(cmdline).map(GuestFwdTarget::Cmd);
+        let target = c_string(cmdline).map(|c| Target::Host(GuestFwdTarget::Cmd(c)));
         add_guestfwd(slirp, "slirp_add_exec", guest_addr, guest_port, target)
     }
 }
@@ -577,16 +578,19 @@ pub unsafe extern "C" fn slirp_add_unix(
 ) -> c_int {
     // SAFETY: forwarded contract.
     unsafe {
-        let target = c_string(unixsock).map(|p| GuestFwdTarget::Unix(p.into()));
+        let target = c_string(unixsock).map(|p| Target::Host(GuestFwdTarget::Unix(p.into())));
         add_guestfwd(slirp, "slirp_add_unix", guest_addr, guest_port, target)
     }
 }
 
-/// A guest forward to a callback (QEMU's `guestfwd=...-chardev`): not in
-/// usernet's core; reported, -1.
+/// A guest forward to a callback (QEMU's `guestfwd=...-chardev`): the
+/// bytes of each guest connection to the address and port go to
+/// `write_cb(buf, len, opaque)`, and the embedder sends bytes back with
+/// [`slirp_socket_recv`]. 0 or -1.
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// As [`slirp_add_exec`]; `write_cb` is valid with `opaque` until the
+/// forward is removed or the instance cleaned up.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_add_guestfwd(
     slirp: *mut Slirp,
@@ -595,17 +599,13 @@ pub unsafe extern "C" fn slirp_add_guestfwd(
     guest_addr: *mut in_addr,
     guest_port: c_int,
 ) -> c_int {
-    let _ = (write_cb, opaque, guest_addr, guest_port);
-    enter(slirp, "slirp_add_guestfwd", -1, |s| {
-        s.callbacks().guest_error(
-            "usernet: slirp_add_guestfwd: guest forwards to a callback are not supported yet",
-        );
-        -1
-    })
+    let target = write_cb.map(|cb| Target::Callback(cb, opaque));
+    // SAFETY: forwarded contract.
+    unsafe { add_guestfwd(slirp, "slirp_add_guestfwd", guest_addr, guest_port, target) }
 }
 
-/// Removes the guest forward (exec or unix) at `guest_addr:guest_port`.
-/// 0 or -1.
+/// Removes the guest forward (exec, unix or callback) at
+/// `guest_addr:guest_port`; a callback's connections close. 0 or -1.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.
@@ -627,7 +627,8 @@ pub unsafe extern "C" fn slirp_remove_guestfwd(
     })
 }
 
-/// Room in a callback guest forward: none exists, 0.
+/// How many bytes [`slirp_socket_recv`] may give the callback forward at
+/// `guest_addr:guest_port` now: 0 while no guest connection is open.
 ///
 /// # Safety
 /// `slirp` came from `slirp_new`.
@@ -637,14 +638,21 @@ pub unsafe extern "C" fn slirp_socket_can_recv(
     guest_addr: in_addr,
     guest_port: c_int,
 ) -> usize {
-    let _ = (slirp, guest_addr, guest_port);
-    0
+    let Some(port) = port(guest_port) else {
+        return 0;
+    };
+    enter(slirp, "slirp_socket_can_recv", 0, |s| {
+        s.socket_can_recv(v4(guest_addr), port)
+    })
 }
 
-/// Data for a callback guest forward: none exists, the data is dropped.
+/// Bytes for the guest connected to the callback forward at
+/// `guest_addr:guest_port`; dropped while none is, as in libslirp. More
+/// than [`slirp_socket_can_recv`] allowed closes the connection (reported
+/// through `guest_error`).
 ///
 /// # Safety
-/// `slirp` came from `slirp_new`.
+/// `slirp` came from `slirp_new`; `buf` holds `size` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slirp_socket_recv(
     slirp: *mut Slirp,
@@ -653,7 +661,21 @@ pub unsafe extern "C" fn slirp_socket_recv(
     buf: *const u8,
     size: c_int,
 ) {
-    let _ = (slirp, guest_addr, guest_port, buf, size);
+    let (Some(port), Ok(len)) = (port(guest_port), usize::try_from(size)) else {
+        return;
+    };
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    // SAFETY: `len` readable bytes (the caller's contract), not kept past
+    // the call.
+    let data = unsafe { std::slice::from_raw_parts(buf, len) };
+    enter(slirp, "slirp_socket_recv", (), |s| {
+        if let Err(e) = s.socket_recv(v4(guest_addr), port, data) {
+            s.callbacks()
+                .guest_error(&format!("usernet: slirp_socket_recv: {e}"));
+        }
+    })
 }
 
 /// `text` in memory from `malloc`, NUL-terminated (the caller frees it);

@@ -19,6 +19,9 @@
 //!   ([`api`]) catches it, reports it through `guest_error` and disables
 //!   the instance.
 //!
+//! Guest forwards to a callback (QEMU's `guestfwd=...-chardev`) are
+//! socket pairs between the core and [`chardev`].
+//!
 //! Migration state is libslirp's format ([`state`]). `slirp/libslirp.h`'s
 //! types are mirrored in [`config`] and read only as
 //! far as the caller's `SlirpConfig::version` guarantees. `unsafe` lives
@@ -27,6 +30,7 @@
 
 pub mod api;
 mod callbacks;
+mod chardev;
 pub mod config;
 mod info;
 mod poll;

@@ -50,6 +50,12 @@ impl EpollSet {
         ))
     }
 
+    /// A handle registering more descriptors (the driver's own, under
+    /// tokens at or above `usernet_host::DRIVER_TOKEN_BASE`).
+    pub fn registry(&self) -> io::Result<mio::Registry> {
+        self.poll.registry().try_clone()
+    }
+
     /// The descriptor the embedder polls.
     pub fn fd(&self) -> c_int {
         self.poll.as_raw_fd()

@@ -13,7 +13,9 @@
 //! `pollfds_fill` ask for a zero timeout (and `notify` wake the loop), so
 //! they go out on the next turn. `send_packet` never says "full": like
 //! libslirp, a frame the embedder cannot take is lost and TCP retransmits.
-//! Migration state is [`crate::state`]'s.
+//! Guest forwards to a callback are [`crate::chardev`]'s: their sockets sit
+//! in the same epoll under driver tokens, and each turn adopts the ones
+//! the core opened. Migration state is [`crate::state`]'s.
 use std::ffi::{c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -25,6 +27,7 @@ use usernet_host::drive::{self, FrameSink, host_event};
 use usernet_host::{MioPoller, Sockets};
 
 use crate::callbacks::Callbacks;
+use crate::chardev::{CallbackFwds, TooMuch, WriteCb};
 use crate::config::{ConfigError, Settings};
 use crate::info;
 use crate::poll::EpollSet;
@@ -58,6 +61,7 @@ pub struct Slirp {
     stack: Stack,
     sockets: Sockets<MioPoller>,
     epoll: EpollSet,
+    chardevs: CallbackFwds,
     clock: Clock,
     timer: Option<Timer>,
     out: Vec<u8>,
@@ -99,6 +103,7 @@ impl Slirp {
         let clock = Clock::new(cb.clock_ns());
         let now = clock.instant(cb.clock_ns());
         let (epoll, poller) = EpollSet::new().map_err(NewError::Epoll)?;
+        let chardevs = CallbackFwds::new(epoll.registry().map_err(NewError::Epoll)?);
         let (v4, v6) = settings.outbound;
         let mut sockets = Sockets::new(poller).with_outbound(v4, v6);
         for field in &settings.ignored {
@@ -113,6 +118,7 @@ impl Slirp {
             stack,
             sockets,
             epoll,
+            chardevs,
             clock,
             timer: None,
             out,
@@ -157,7 +163,7 @@ impl Slirp {
     /// the stack's deadline.
     pub fn fill(&mut self, timeout: &mut u32, add: &mut dyn FnMut(c_int, c_int) -> c_int) {
         self.epoll.fill(add);
-        let wait = if self.pending {
+        let wait = if self.pending || self.chardevs.pending() {
             Some(0)
         } else {
             let now = self.now();
@@ -177,8 +183,12 @@ impl Slirp {
         let now = self.now();
         if ready {
             for ev in self.epoll.collect() {
-                self.stack
-                    .handle_host(now, host_event(ev), &mut self.sockets);
+                if CallbackFwds::owns(ev.token()) {
+                    self.chardevs.ready(ev);
+                } else {
+                    self.stack
+                        .handle_host(now, host_event(ev), &mut self.sockets);
+                }
             }
         }
         self.pump(now);
@@ -199,6 +209,8 @@ impl Slirp {
     /// The end of every turn: due timers, frames to the guest, the timer
     /// re-armed.
     fn pump(&mut self, now: Instant) {
+        self.chardevs.adopt(self.sockets.take_callback_peers());
+        self.chardevs.service();
         drive::run_timers(&mut self.stack, now, &mut self.sockets);
         let mut out = Out {
             buf: &mut self.out,
@@ -238,23 +250,50 @@ impl Slirp {
         Ok(())
     }
 
-    /// Adds a guest forward (`slirp_add_exec`, `slirp_add_unix`); returns
-    /// the guest address it serves.
+    /// Adds a guest forward (`slirp_add_exec`, `slirp_add_unix`,
+    /// `slirp_add_guestfwd`); returns the guest address it serves.
     pub fn add_guestfwd(
         &mut self,
         addr: Option<Ipv4Addr>,
         port: u16,
-        target: GuestFwdTarget,
+        target: Target,
     ) -> Result<Ipv4Addr, CoreConfigError> {
+        let (target, callback) = match target {
+            Target::Host(t) => (t, None),
+            Target::Callback(write_cb, opaque) => {
+                let id = self.chardevs.next_id();
+                (GuestFwdTarget::Callback(id), Some((id, write_cb, opaque)))
+            }
+        };
         let fwd = GuestFwd { addr, port, target };
         let served = fwd.addr_in(self.stack.config().net);
         self.stack.add_guestfwd(fwd)?;
+        if let Some((id, write_cb, opaque)) = callback {
+            self.chardevs.add(id, served, port, write_cb, opaque);
+        }
         Ok(served)
     }
 
-    /// Removes the guest forward serving `addr:port`.
+    /// Removes the guest forward serving `addr:port` (a callback's
+    /// connections close).
     pub fn remove_guestfwd(&mut self, addr: Ipv4Addr, port: u16) -> bool {
-        self.stack.remove_guestfwd(addr, port)
+        let removed = self.stack.remove_guestfwd(addr, port);
+        if removed {
+            self.chardevs.remove(addr, port);
+        }
+        removed
+    }
+
+    /// `slirp_socket_can_recv`: bytes the callback forward at `addr:port`
+    /// takes now.
+    pub fn socket_can_recv(&self, addr: Ipv4Addr, port: u16) -> usize {
+        self.chardevs.can_recv(addr, port)
+    }
+
+    /// `slirp_socket_recv`: bytes for the guest through the callback
+    /// forward at `addr:port`.
+    pub fn socket_recv(&mut self, addr: Ipv4Addr, port: u16, data: &[u8]) -> Result<(), TooMuch> {
+        self.chardevs.recv(addr, port, data)
     }
 
     /// `slirp_state_save`'s bytes: the bound DHCP leases in libslirp's
@@ -296,6 +335,14 @@ impl Slirp {
         }
         self.cb.unregister(self.epoll.fd());
     }
+}
+
+/// What a guest forward reaches.
+pub enum Target {
+    /// A command or socket on the host.
+    Host(GuestFwdTarget),
+    /// The embedder's callback and its `opaque` (`slirp_add_guestfwd`).
+    Callback(WriteCb, *mut c_void),
 }
 
 /// Whether two listen addresses are the same socket (the unspecified IPv4
