@@ -16,9 +16,11 @@
 //! (leases past them cannot be expressed and are left out) and an `ip_id`
 //! of 0 (the core numbers its datagrams itself). Loading restores the
 //! leases, so the guest's renewals keep its address. A socket record can
-//! only be for a callback guest forward, which usernet does not offer:
-//! like libslirp without a matching forward, loading then fails with
-//! `EINVAL`. Every read is bounded by the format: 1 + 2 + 16 × 8 bytes.
+//! only be for an open connection of a callback guest forward
+//! (`crate::chardev`): usernet saves none (such connections die, like
+//! host ones) and cannot take over libslirp's TCP state, so loading one
+//! fails with `EINVAL`, as libslirp without a matching forward does.
+//! Every read is bounded by the format: 1 + 2 + 16 × 8 bytes.
 use std::net::Ipv4Addr;
 
 /// `slirp_state_version()`.
@@ -43,7 +45,8 @@ pub enum LoadError {
     /// The stream ended early or failed.
     #[error("the state is truncated")]
     Truncated,
-    /// A socket of a callback guest forward, which usernet has not.
+    /// A socket of a callback guest forward, whose TCP state usernet
+    /// cannot take over.
     #[error("the state holds a guest forward socket")]
     GuestForward,
 }
