@@ -12,7 +12,8 @@
 //! - `qemu_nic_user`: `qemu-system-x86_64 -nic user,model=virtio-net-pci,
 //!   hostfwd=...` boots the test guest: DHCP, DNS, HTTP to the host through
 //!   10.0.2.2, ping, a TFTP download (`tftp=`), a `guestfwd=` to a command,
-//!   64 MiB from a host client to a guest server through the forward; then
+//!   a `guestfwd=` to a chardev (a unix socket this test listens on, so
+//!   through `slirp_add_guestfwd` and `slirp_socket_recv`), 64 MiB from a host client to a guest server through the forward; then
 //!   the monitor's `hostfwd_add`, `info usernet` (listing a
 //!   live connection) and `hostfwd_remove`.
 //! - `slirp4netns_configure`: Debian's `slirp4netns --configure` serves a
@@ -34,7 +35,7 @@ mod common;
 use std::ffi::{c_int, c_void};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,37 @@ struct HostSide {
     removed_refused: bool,
 }
 
+/// The far end of QEMU's `-chardev socket` for a `guestfwd=`: accepts
+/// QEMU's connection, reads the guest's first line and answers
+/// `reply-from-chardev`. Returns the line and the connection (kept open
+/// until the guest is done). Bounded in time.
+fn chardev_echo(listener: &UnixListener) -> (String, UnixStream) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("QEMU's chardev never connected: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(600)))
+        .expect("timeout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") && line.len() < 256 {
+        match conn.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => break,
+            Err(e) => panic!("reading the chardev: {e}"),
+        }
+    }
+    conn.write_all(b"reply-from-chardev\n")
+        .expect("write chardev");
+    (String::from_utf8_lossy(&line).trim().to_owned(), conn)
+}
+
 #[test]
 fn qemu_nic_user() {
     assert_isolated_netns();
@@ -180,6 +212,11 @@ fn qemu_nic_user() {
     let monitor_path = dir.join("monitor.sock");
     let data = prng_bytes(0x11b5_1127, BULK);
     let want = sha256(&data);
+
+    // QEMU's chardev connects at startup: listen first.
+    let chardev_path = dir.join("chardev.sock");
+    let chardev = UnixListener::bind(&chardev_path).expect("bind chardev socket");
+    let chardev_side = thread::spawn(move || chardev_echo(&chardev));
 
     let monitor = monitor_path.clone();
     let host = thread::spawn(move || {
@@ -226,6 +263,7 @@ echo body=$(timeout 20 wget -q -O- http://10.0.2.2:{http}/)
 ping -c 1 -W 5 10.0.2.2 >/dev/null && echo ping=ok
 timeout 20 tftp -g -r hello.txt -l /tmp/t 10.0.2.2 && echo tftp=$(cat /tmp/t)
 echo cmd=$(timeout 20 socat - TCP:10.0.2.100:4321 </dev/null)
+echo chardev=$(echo hello-to-chardev | timeout 20 socat -t 10 - TCP:10.0.2.100:4322)
 for i in $(seq 600); do [ -s /tmp/in ] && break; sleep 0.5; done
 cat /tmp/in
 timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-time'
@@ -237,12 +275,15 @@ timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-ti
     std::fs::write(tftp.join("hello.txt"), "hello-over-tftp\n").expect("tftp file");
     let options = format!(
         "model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{fwd_port}-:{fwd_port},tftp={},\
-         guestfwd=tcp:10.0.2.100:4321-cmd:echo hello-from-cmd",
+         guestfwd=tcp:10.0.2.100:4321-cmd:echo hello-from-cmd,\
+         guestfwd=tcp:10.0.2.100:4322-chardev:gf",
         tftp.display()
     );
     let args = [
         "-monitor".to_owned(),
         format!("unix:{},server=on,wait=off", monitor_path.display()),
+        "-chardev".to_owned(),
+        format!("socket,id=gf,path={},server=off", chardev_path.display()),
     ];
     let nic = Nic::User {
         options: &options,
@@ -261,6 +302,7 @@ timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-ti
         });
     });
     let host = join(host, "host side");
+    let (chardev_got, _chardev_conn) = join(chardev_side, "chardev side");
     assert!(out.contains(SCENARIO_OK), "scenario failed:\n{out}");
     assert_eq!(
         *ours.lock().expect("lock"),
@@ -290,6 +332,15 @@ timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-ti
         field(&out, "cmd"),
         Some("hello-from-cmd"),
         "guestfwd to a command"
+    );
+    assert_eq!(
+        chardev_got, "hello-to-chardev",
+        "the guest's bytes through the chardev"
+    );
+    assert_eq!(
+        field(&out, "chardev"),
+        Some("reply-from-chardev"),
+        "guestfwd to a chardev"
     );
     assert_eq!(guest_sha(&out, "in"), Some(want.as_str()), "64 MiB differ");
 
