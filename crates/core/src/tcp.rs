@@ -21,6 +21,16 @@
 //!   send buffer and report writability later. Only data beyond those
 //!   bounds is dropped (counted); a window update and duplicate ACKs then
 //!   make the guest retransmit it.
+//! - **Small windows.** The free space of the host socket can sink below
+//!   one segment (MSS 65,480 at MTU 65520) while the socket still takes
+//!   data. Offering that sliver makes the guest wait for its persist timer
+//!   (200 ms or more) before sending, and nothing tells usernet when the
+//!   space grows again: the kernel reports writability only after a refused
+//!   write. So the window offered is never below one segment (the receiver
+//!   side of RFC 9293's silly window avoidance, inverted): the guest sends
+//!   a full segment, the socket takes what it can, the rest waits in
+//!   `pending` (within the window we offered), the refusal shuts our window
+//!   and arms the kernel's writability report, which reopens it.
 //! - **Host to guest.** Data the host peer sent stays in the socket's
 //!   receive queue until the guest acknowledges it: frames are built by
 //!   peeking it (`skip` = bytes already in flight) straight into the frame
@@ -348,15 +358,21 @@ impl TcpFlow {
 
     /// Our window field for the guest.
     fn window_field(&self) -> u16 {
-        let bytes = if self.host_full {
-            0
-        } else {
-            self.space
-                .min(MAX_WINDOW)
-                .min(WINDOW_BYTES)
-                .min(WINDOW_FRAMES * self.mss)
-        };
-        (bytes >> self.our_wscale).min(usize::from(u16::MAX)) as u16
+        if self.host_full {
+            return 0;
+        }
+        let bytes = self
+            .space
+            .min(MAX_WINDOW)
+            .min(WINDOW_BYTES)
+            .min(WINDOW_FRAMES * self.mss);
+        // Never less than one segment, rounded up to the scale (see
+        // "Small windows" in the module doc): a window the guest cannot
+        // fill with a full segment stalls it until its persist timer fires.
+        let floor = self.mss.div_ceil(1 << self.our_wscale);
+        (bytes >> self.our_wscale)
+            .max(floor)
+            .min(usize::from(u16::MAX)) as u16
     }
 
     fn control(&self, env: &Env, out: &mut Output, control: TcpControl, seq: TcpSeqNumber) {

@@ -357,6 +357,48 @@ fn tcp_back_pressure_keeps_in_window_data_and_shuts_the_window() {
     assert_eq!(rig.stack.counters().tcp_dropped, 0);
 }
 
+/// A host socket with less free space than one segment still gets a
+/// window of a full segment (a smaller one would stall the guest until its
+/// persist timer); what the socket then refuses waits in `pending`, and
+/// the refusal shuts the window until the socket drains.
+#[test]
+fn tcp_small_free_space_still_offers_a_full_segment() {
+    let mut rig = Rig::new(Config::default());
+    let (tok, iss1) = established(&mut rig, 8080);
+    rig.host.socks.get_mut(&tok).expect("sock").send_room = 300;
+    rig.tcp_in(
+        gw(8080),
+        40000,
+        TcpControl::Psh,
+        1001,
+        Some(iss1),
+        &[b'a'; 100],
+    );
+    let ack = only_tcp(rig.drain());
+    assert_eq!(ack.ack, Some(TcpSeqNumber(1101)));
+    // 200 bytes free, but the window covers a whole default-MSS segment.
+    let offered = usize::from(ack.window) << 7;
+    assert!(offered >= 536, "window {offered} below one segment");
+    // The guest fills it; the socket takes 200, the rest waits.
+    rig.tcp_in(
+        gw(8080),
+        40000,
+        TcpControl::Psh,
+        1101,
+        Some(iss1),
+        &[b'b'; 536],
+    );
+    let ack = only_tcp(rig.drain());
+    assert_eq!((ack.ack, ack.window), (Some(TcpSeqNumber(1637)), 0));
+    assert_eq!(rig.host.socks[&tok].sent.len(), 300);
+    rig.host.socks.get_mut(&tok).expect("sock").send_room = 10_000;
+    rig.event(tok, false, true, false);
+    assert_eq!(rig.host.socks[&tok].sent.len(), 636);
+    let update = only_tcp(rig.drain());
+    assert!(update.window > 0, "window reopened: {update:?}");
+    assert_eq!(rig.stack.counters().tcp_dropped, 0);
+}
+
 #[test]
 fn tcp_retransmits_from_the_socket_on_timeout() {
     let mut rig = Rig::new(Config::default());

@@ -217,18 +217,25 @@ pub fn run_with<T: Transport>(
     for c in controls.iter_mut() {
         c.started().map_err(RunError::Started)?;
     }
-    let stopped = serve(
-        stack,
-        transport,
-        &mut pcap,
-        &mut sockets,
-        controls,
+    // Everything the loop needs is made before the controls' `started`:
+    // that is where the sandbox begins, after which even a dup is denied.
+    let wake = Wake {
         poll,
+        registry,
         signals,
-    );
+    };
+    let stopped = serve(stack, transport, &mut pcap, &mut sockets, controls, wake);
     // One line a test or a user can check: what the stack saw and dropped.
     tracing::info!(counters = ?stack.counters(), "stack stopped");
     stopped
+}
+
+/// What wakes the loop: the poll, a handle to register with it, and the
+/// signals it watches.
+struct Wake {
+    poll: Poll,
+    registry: Registry,
+    signals: Signals,
 }
 
 /// The loop itself (see the module doc).
@@ -238,10 +245,13 @@ fn serve<T: Transport>(
     pcap: &mut Option<Pcap>,
     sockets: &mut Sockets<MioPoller>,
     controls: &mut [&mut dyn Control],
-    mut poll: Poll,
-    mut signals: Signals,
+    wake: Wake,
 ) -> Result<Stopped, RunError> {
-    let registry = poll.registry().try_clone().map_err(RunError::Poll)?;
+    let Wake {
+        mut poll,
+        registry,
+        mut signals,
+    } = wake;
 
     let mut events = Events::with_capacity(1024);
     // The guest may have more to read / the stack more to send than one

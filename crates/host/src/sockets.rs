@@ -196,6 +196,35 @@ fn recv_flags(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// Drops `n` received bytes with `recv` (called with how many are left,
+/// returning how many it dropped; 0 at the end of the stream), and lowers
+/// the tracked peek offset by what went, as the kernel lowers its own.
+fn discard_with(
+    n: usize,
+    peek_off: &mut Option<usize>,
+    mut recv: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut left = n;
+    let result = loop {
+        if left == 0 {
+            break Ok(());
+        }
+        match recv(left) {
+            Ok(0) => {
+                break Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "discarding more than was received",
+                ));
+            }
+            Ok(k) => left -= k.min(left),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    *peek_off = peek_off.map(|o| o.saturating_sub(n - left));
+    result
+}
+
 /// Drops up to `n` bytes from the head of a TCP socket's receive queue
 /// without copying them.
 fn recv_discard(fd: RawFd, n: usize) -> io::Result<usize> {
@@ -371,27 +400,11 @@ impl<P: Poller> Sockets<P> {
         if self.scratch.len() < chunk {
             self.scratch.resize(chunk, 0);
         }
-        let mut left = n;
-        while left > 0 {
+        let scratch = &mut self.scratch;
+        discard_with(n, peek_off, |left| {
             let want = left.min(chunk);
-            match recv_flags(fd, &mut self.scratch[..want], 0) {
-                Ok(0) => break,
-                Ok(k) => left -= k.min(left),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    *peek_off = peek_off.map(|o| o.saturating_sub(n - left));
-                    return Err(e);
-                }
-            }
-        }
-        *peek_off = peek_off.map(|o| o.saturating_sub(n - left));
-        if left > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "discarding more than was received",
-            ));
-        }
-        Ok(())
+            recv_flags(fd, &mut scratch[..want], 0)
+        })
     }
 }
 
@@ -468,28 +481,7 @@ impl<P: Poller> HostIo for Sockets<P> {
         }
         let (sock, tracked) = self.tcp(token)?;
         let fd = sock.as_raw_fd();
-        let mut left = n;
-        while left > 0 {
-            match recv_discard(fd, left) {
-                // End of stream: nothing left to drop.
-                Ok(0) => break,
-                Ok(k) => left -= k.min(left),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    *tracked = tracked.map(|o| o.saturating_sub(n - left));
-                    return Err(e);
-                }
-            }
-        }
-        // The kernel lowered the peek offset by what it dropped.
-        *tracked = tracked.map(|o| o.saturating_sub(n - left));
-        if left > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "discarding more than was received",
-            ));
-        }
-        Ok(())
+        discard_with(n, tracked, |left| recv_discard(fd, left))
     }
 
     fn tcp_send_space(&mut self, token: Token) -> usize {

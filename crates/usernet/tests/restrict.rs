@@ -100,6 +100,17 @@ fn udp_line(name: &str, dst: &str) -> String {
     format!("echo {name}=$(echo hi | timeout 10 socat -T 3 - {dst} 2>&1)\n")
 }
 
+/// Asserts that the busybox ping whose output lines start with `label: `
+/// got `received` replies.
+fn assert_pings(out: &str, label: &str, received: u32, ctx: &dyn Fn() -> String) {
+    let lines = prefixed(out, &format!("{label}: "));
+    assert!(
+        lines.contains(&format!("{received} packets received")),
+        "{label}: want {received} replies\n{}",
+        ctx()
+    );
+}
+
 /// Whether `nslookup` output has an answer line `Address: ADDR`.
 fn has_address(nslookup: &str, addr: &str) -> bool {
     nslookup
@@ -214,27 +225,11 @@ busybox nslookup host.internal 10.0.2.3 2>&1 | sed 's/^/dns_local: /'
     ] {
         assert_eq!(server.served(), 0, "{name} leaked past --restrict");
     }
-    assert!(
-        prefixed(&out, "ping4_no: ").contains("0 packets received"),
-        "{}",
-        ctx()
-    );
-    assert!(
-        prefixed(&out, "ping6_no: ").contains("0 packets received"),
-        "{}",
-        ctx()
-    );
+    assert_pings(&out, "ping4_no", 0, &ctx);
+    assert_pings(&out, "ping6_no", 0, &ctx);
     // The stack's own services still answer.
-    assert!(
-        prefixed(&out, "ping4_gw: ").contains("1 packets received"),
-        "{}",
-        ctx()
-    );
-    assert!(
-        prefixed(&out, "ping6_gw: ").contains("1 packets received"),
-        "{}",
-        ctx()
-    );
+    assert_pings(&out, "ping4_gw", 1, &ctx);
+    assert_pings(&out, "ping6_gw", 1, &ctx);
     // DNS: configured names are answered; forwarding upstream is egress,
     // which no --allow opened here, so the resolver never hears a query.
     let dns = prefixed(&out, "dns_local: ");
@@ -398,16 +393,8 @@ nslookup www.usernet.test 10.0.2.3 2>&1 | sed 's/^/dns: /'
         0,
         "leaked past --restrict"
     );
-    assert!(
-        prefixed(&out, "ping_no: ").contains("0 packets received"),
-        "{}",
-        ctx()
-    );
-    assert!(
-        prefixed(&out, "ping_gw: ").contains("1 packets received"),
-        "{}",
-        ctx()
-    );
+    assert_pings(&out, "ping_no", 0, &ctx);
+    assert_pings(&out, "ping_gw", 1, &ctx);
     let dns = prefixed(&out, "dns: ");
     assert!(
         has_address(&dns, &TEST_ANSWER.to_string()),
