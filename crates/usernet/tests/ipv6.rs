@@ -251,7 +251,8 @@ fn ipv6_default_guest() {
         "socat TCP6-LISTEN:{fwd_port},reuseaddr SYSTEM:'echo R; sha256sum > /tmp/fwd.sha' &
 {slaac}
 ping -6 -c 3 -W 5 fec0::2 && echo ping=ok
-echo dl_sha=$(timeout 90 socat -u TCP:[fec0::2]:{tcp_port} - | sha256sum)
+echo dl_sha=$(timeout 90 socat -u TCP:[fec0::2]:{tcp_port} - 2>/tmp/dl.err | sha256sum)
+echo dl_err=$(cat /tmp/dl.err)
 echo udp=$(echo hello-v6 | timeout 10 socat -T 5 - UDP6:[fec0::2]:{udp_port})
 timeout 15 nslookup x.usernet.test fec0::3
 i=0
