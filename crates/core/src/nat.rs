@@ -196,7 +196,6 @@ pub fn guest_visible_source(cfg: &Config, client: SocketAddr, guest: IpAddr) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EgressRule;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("test address")
@@ -299,21 +298,8 @@ mod tests {
         }
     }
 
-    /// A configuration with `restrict` and these `--allow`/`--deny`
-    /// rules (`+` allows, `-` denies), in order.
     fn rules(restrict: bool, rules: &[&str]) -> Config {
-        let egress = rules
-            .iter()
-            .map(|r| {
-                let (allow, spec) = r.split_at(1);
-                EgressRule::parse(allow == "+", spec).expect("test rule")
-            })
-            .collect();
-        Config {
-            restrict,
-            egress,
-            ..Config::default()
-        }
+        crate::testing::egress_config(restrict, rules)
     }
 
     #[test]

@@ -1253,3 +1253,23 @@ pub fn capture_frames(
     }
     out
 }
+
+/// `restrict` and these egress rules (`+` allows, `-` denies, then
+/// `CIDR[:PORT]`), in order, on the default configuration.
+///
+/// # Panics
+/// On a malformed rule: test input.
+pub fn egress_config(restrict: bool, rules: &[&str]) -> Config {
+    let egress = rules
+        .iter()
+        .map(|r| {
+            let (allow, spec) = r.split_at(1);
+            crate::config::EgressRule::parse(allow == "+", spec).expect("test rule")
+        })
+        .collect();
+    Config {
+        restrict,
+        egress,
+        ..Config::default()
+    }
+}

@@ -14,7 +14,7 @@ use smoltcp::wire::{
     Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
     UdpRepr,
 };
-use usernet_core::config::EgressRule;
+use usernet_core::testing;
 use usernet_core::testing::{Behaviour, Harness, SockKind};
 use usernet_core::{Config, Token};
 
@@ -65,20 +65,12 @@ fn harness(cfg: Config) -> Harness {
     h
 }
 
-/// `restrict` and these rules (`+` allows, `-` denies), in order.
+/// `restrict` and these rules (`+` allows, `-` denies), in order, with a
+/// DNS upstream.
 fn config(restrict: bool, rules: &[&str]) -> Config {
-    let egress = rules
-        .iter()
-        .map(|r| {
-            let (allow, spec) = r.split_at(1);
-            EgressRule::parse(allow == "+", spec).expect("test rule")
-        })
-        .collect();
     Config {
-        restrict,
-        egress,
         dns_upstreams: vec![sa("127.0.0.1:5353")],
-        ..Config::default()
+        ..testing::egress_config(restrict, rules)
     }
 }
 

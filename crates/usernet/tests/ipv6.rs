@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     DHCP, Guest, SCENARIO_OK, TEST_ANSWER, TestResolver, Usernet, assert_isolated_netns,
-    dns_answer, usernet_output,
+    dns_answer, ns_script,
 };
 
 /// Generous: a TCG boot takes ~4 s; 64 MiB each way takes a few seconds.
@@ -462,24 +462,8 @@ fn ns_tap_gets_slaac_and_reaches_host_v6() {
 ",
         slaac = wait_slaac("tap0"),
     );
-    let out = usernet_output(
-        &[
-            "ns",
-            "--dns-upstream",
-            &resolver.upstream_arg(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        Duration::from_secs(60),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{}:\n{text}", out.status);
+    let (status, text) = ns_script(&resolver.upstream_arg(), &script);
+    assert!(status.success(), "{status}:\n{text}");
     assert!(
         text.lines().any(|l| l.contains("inet6 fec0::")
             && l.contains("scope site")

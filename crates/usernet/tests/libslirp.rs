@@ -38,7 +38,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -194,16 +194,52 @@ fn chardev_echo(listener: &UnixListener) -> (String, UnixStream) {
     (String::from_utf8_lossy(&line).trim().to_owned(), conn)
 }
 
+/// What the tests with Debian's binaries start from: a directory, the
+/// built library, port 53 (taken in turns) relayed to a test resolver, a
+/// resolv.conf naming 127.0.0.1, and an HTTP server on the host.
+struct Rig {
+    dir: TempDir,
+    lib_dir: PathBuf,
+    _port53: MutexGuard<'static, ()>,
+    resolver: TestResolver,
+    _relay: Port53Relay,
+    resolv: PathBuf,
+    http: HttpServer,
+}
+
+impl Rig {
+    fn start(label: &str) -> Rig {
+        let dir = TempDir::new(label);
+        let lib_dir = build_library(&dir);
+        let _port53 = PORT53.lock().unwrap_or_else(|e| e.into_inner());
+        let resolver = TestResolver::start();
+        let _relay = Port53Relay::start(resolver.addr());
+        let resolv = local_resolv_conf(&dir);
+        let http = HttpServer::start("hello-from-host");
+        Rig {
+            dir,
+            lib_dir,
+            _port53,
+            resolver,
+            _relay,
+            resolv,
+            http,
+        }
+    }
+}
+
 #[test]
 fn qemu_nic_user() {
     assert_isolated_netns();
-    let dir = TempDir::new("libslirp-qemu");
-    let lib_dir = build_library(&dir);
-    let _port53 = PORT53.lock().unwrap_or_else(|e| e.into_inner());
-    let resolver = TestResolver::start();
-    let _relay = Port53Relay::start(resolver.addr());
-    let resolv = local_resolv_conf(&dir);
-    let http = HttpServer::start("hello-from-host");
+    let Rig {
+        dir,
+        lib_dir,
+        _port53,
+        resolver,
+        _relay,
+        resolv,
+        http,
+    } = Rig::start("libslirp-qemu");
     let fwd_port = free_port();
     let added_port = free_port();
     // A host server the guest keeps a connection to, for `info usernet`.
@@ -366,13 +402,15 @@ timeout 120 socat TCP-LISTEN:{added_port},reuseaddr SYSTEM:'echo added-at-run-ti
 #[test]
 fn slirp4netns_configure() {
     assert_isolated_netns();
-    let dir = TempDir::new("libslirp-s4");
-    let lib_dir = build_library(&dir);
-    let _port53 = PORT53.lock().unwrap_or_else(|e| e.into_inner());
-    let resolver = TestResolver::start();
-    let _relay = Port53Relay::start(resolver.addr());
-    let resolv = local_resolv_conf(&dir);
-    let http = HttpServer::start("hello-from-host");
+    let Rig {
+        dir,
+        lib_dir,
+        _port53,
+        resolver: _resolver,
+        _relay,
+        resolv,
+        http,
+    } = Rig::start("libslirp-s4");
     let ns = namespace();
     let sock = dir.join("api.sock");
     let log_path = dir.join("slirp4netns.log");

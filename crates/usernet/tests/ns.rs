@@ -16,7 +16,9 @@ use std::time::Duration;
 use common::ns::{
     HttpServer, Proc, api, attach, free_port, in_ns, namespace, wait_for_socket, wait_for_tap,
 };
-use common::{TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, usernet_output};
+use common::{
+    TEST_ANSWER, TempDir, TestResolver, assert_isolated_netns, ns_script, usernet_output,
+};
 
 /// The checks run inside the namespace: address, route, HTTP to the host,
 /// DNS through resolv.conf (when `resolv`) or 10.0.2.3 explicitly, ping.
@@ -50,24 +52,8 @@ fn ns_runs_a_command_with_network_and_its_exit_status() {
     let resolver = TestResolver::start();
     let http = HttpServer::start("hello from the host");
     let script = format!("cat /etc/resolv.conf; {}", checks(http.port(), true));
-    let out = usernet_output(
-        &[
-            "ns",
-            "--dns-upstream",
-            &resolver.upstream_arg(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        Duration::from_secs(60),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{}:\n{text}", out.status);
+    let (status, text) = ns_script(&resolver.upstream_arg(), &script);
+    assert!(status.success(), "{status}:\n{text}");
     assert!(text.contains("nameserver 10.0.2.3"), "resolv.conf:\n{text}");
     assert_checks(&text);
     assert!(

@@ -286,6 +286,21 @@ impl Drop for Usernet {
     }
 }
 
+/// Runs `sh -c SCRIPT` under `usernet ns` with `upstream` as its DNS
+/// upstream (bounded by 60 s); its exit status and stdout+stderr.
+pub fn ns_script(upstream: &str, script: &str) -> (ExitStatus, String) {
+    let out = usernet_output(
+        &["ns", "--dns-upstream", upstream, "--", "sh", "-c", script],
+        Duration::from_secs(60),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
 /// Runs `usernet ARGS` to completion (killing it after `timeout`) and
 /// returns its output. For command-line tests; no guest, no socket wait.
 pub fn usernet_output(args: &[&str], timeout: Duration) -> Output {
