@@ -78,6 +78,13 @@ pub fn handle(cfg: &Config, payload: &[u8]) -> Outcome {
     Outcome::Reply(frame, smac, sip)
 }
 
+/// The address a reply of [`handle`] answers for (its sender protocol
+/// address).
+pub fn target_of(reply: &[u8; FRAME_LEN]) -> Ipv4Addr {
+    let at = 14 + 14;
+    Ipv4Addr::new(reply[at], reply[at + 1], reply[at + 2], reply[at + 3])
+}
+
 /// An ARP request from the stack asking for `target`'s MAC (used when a
 /// port forward must reach a guest whose MAC is not known yet).
 pub fn request(cfg: &Config, target: Ipv4Addr) -> [u8; FRAME_LEN] {
@@ -129,6 +136,7 @@ mod tests {
         assert_eq!(&frame[22..28], &cfg.mac);
         assert_eq!(&frame[28..32], &[10, 0, 2, 2]);
         assert_eq!(&frame[38..42], &[10, 0, 2, 15]);
+        assert_eq!(target_of(&frame), Ipv4Addr::new(10, 0, 2, 2));
     }
 
     #[test]

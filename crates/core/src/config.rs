@@ -267,6 +267,45 @@ impl std::fmt::Display for GuestFwd {
     }
 }
 
+/// Parses a MAC address written `52:54:00:12:34:56`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A DHCP lease pinned to a MAC (`--dhcp-host MAC=ADDR`): that guest always
+/// gets `addr`, and no other guest does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpHost {
+    /// The guest's MAC.
+    pub mac: [u8; 6],
+    /// Its address, inside the network.
+    pub addr: Ipv4Addr,
+}
+
+impl FromStr for DhcpHost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mac, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not MAC=ADDR"))?;
+        let mac = parse_mac(mac)
+            .ok_or_else(|| format!("'{s}': '{mac}' is not a MAC (expected 52:54:00:12:34:56)"))?;
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}': '{addr}' is not an IPv4 address"))?;
+        Ok(DhcpHost { mac, addr })
+    }
+}
+
 /// A name answered by the DNS forwarder itself (`--dns-host NAME=ADDR`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsHost {
@@ -508,6 +547,8 @@ pub struct Config {
     pub egress: Vec<EgressRule>,
     /// Port forwards from the host to the guest.
     pub hostfwd: Vec<HostFwd>,
+    /// DHCP leases pinned to MACs (`--dhcp-host`).
+    pub dhcp_hosts: Vec<DhcpHost>,
     /// The most flows (TCP, UDP, ICMP) open at once.
     pub max_flows: usize,
     /// Seed for initial sequence numbers and ids, so runs are reproducible.
@@ -555,6 +596,7 @@ impl Default for Config {
             restrict: false,
             egress: Vec::new(),
             hostfwd: Vec::new(),
+            dhcp_hosts: Vec::new(),
             max_flows: 4096,
             seed: 0x7573_6572_6e65_7421,
             // QEMU's slirp uses 52:55:0a:00:02:02 style addresses.
@@ -578,6 +620,10 @@ pub enum ConfigError {
     /// `--dhcpstart` is not inside `--net`.
     #[error("--dhcpstart {0}: not inside --net {1}/{2}")]
     DhcpStartOutsideNet(Ipv4Addr, Ipv4Addr, u8),
+    /// A `--dhcp-host` address is outside the network or one of the
+    /// stack's own, or its MAC or address is pinned twice.
+    #[error("--dhcp-host {0}: must be a free address inside --net, once per MAC and address")]
+    DhcpHost(String),
     /// `--dhcpstart` collides with the gateway or DNS address.
     #[error("--dhcpstart {0}: must differ from --host and --dns")]
     DhcpStartTaken(Ipv4Addr),
@@ -672,6 +718,7 @@ impl Config {
             return Err(ConfigError::Bootfile(b.clone()));
         }
         self.validate_guestfwd()?;
+        self.validate_dhcp_hosts()?;
         if self.ipv6 {
             let n6 = self.ipv6_net;
             if !n6.contains(self.ipv6_host) {
@@ -693,6 +740,22 @@ impl Config {
             }
             if self.mtu < 1280 {
                 return Err(ConfigError::Ipv6Mtu(self.mtu));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `--dhcp-host` part of [`Config::validate`].
+    fn validate_dhcp_hosts(&self) -> Result<(), ConfigError> {
+        let n = self.net;
+        let taken = [self.host, self.dns, n.network(), n.broadcast()];
+        for (i, h) in self.dhcp_hosts.iter().enumerate() {
+            let twice = self.dhcp_hosts[..i]
+                .iter()
+                .any(|o| o.mac == h.mac || o.addr == h.addr);
+            if !n.contains(h.addr) || taken.contains(&h.addr) || twice {
+                let mac = h.mac.map(|b| format!("{b:02x}")).join(":");
+                return Err(ConfigError::DhcpHost(format!("{mac}={}", h.addr)));
             }
         }
         Ok(())

@@ -302,6 +302,9 @@ impl Server {
         requested: Option<Ipv4Addr>,
         now: Instant,
     ) -> Option<Ipv4Addr> {
+        if let Some(pin) = cfg.dhcp_hosts.iter().find(|h| h.mac == mac) {
+            return Some(pin.addr);
+        }
         if let Some(ip) = self.held_by(mac).filter(|ip| in_pool(cfg, *ip)) {
             return Some(ip);
         }
@@ -365,10 +368,14 @@ fn pool(cfg: &Config) -> Option<(u32, u32)> {
 }
 
 /// Whether `ip` is one the server may lease.
+/// Whether `ip` is one the server hands out to any MAC: in the pool, not
+/// the stack's own, and not pinned to a MAC by `--dhcp-host` (pinned ones
+/// go to their MAC only, before the pool is looked at).
 fn in_pool(cfg: &Config, ip: Ipv4Addr) -> bool {
     pool(cfg).is_some_and(|(start, end)| (start..=end).contains(&u32::from(ip)))
         && ip != cfg.host
         && ip != cfg.dns
+        && !cfg.dhcp_hosts.iter().any(|h| h.addr == ip)
 }
 
 /// The destination for a reply to a client with `ciaddr`.

@@ -26,6 +26,7 @@ pub mod host;
 pub mod icmp;
 pub mod nat;
 pub mod ndp;
+pub mod neighbors;
 pub mod offload;
 pub mod output;
 pub mod packet;

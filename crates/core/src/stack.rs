@@ -1,5 +1,12 @@
 //! The stack: one guest link, its services, and its NAT'ed flows.
 //!
+//! The link may carry several guests (a virtual switch in the driver): a
+//! frame for a flow goes to the MAC that owns the flow's guest address in
+//! the [`Neighbors`] table, DHCP leases are kept by MAC, and a guest that
+//! leaves is forgotten with [`Stack::guest_gone`]. With one guest, that
+//! guest's MAC is also the fallback for an address not yet learnt, as it
+//! always was.
+//!
 //! # Theory of operation
 //! A driver owns the guest transport (QEMU stream socket, tap) and the host
 //! sockets (a [`HostIo`]). It calls, in any order and as often as it likes:
@@ -28,6 +35,7 @@ use crate::flow::{Evict, FLOW_TOKEN_LIMIT, FlowId, Key, Table};
 use crate::host::{HostEvent, HostIo, Proto as HostProto, Token};
 use crate::icmp::{self, IcmpFlow};
 use crate::nat::{self, Proto, Verdict};
+use crate::neighbors::Neighbors;
 use crate::offload::Offload;
 use crate::output::Output;
 use crate::packet::{self, Macs};
@@ -152,8 +160,12 @@ pub struct Stack {
     counters: Counters,
     /// What the guest link offloads (see [`Stack::set_offload`]).
     offload: Offload,
-    /// The guest's MAC, learnt from its frames.
+    /// The MAC of the guest that sent last, learnt from its frames: where
+    /// frames for a guest address not in `neighbors` go.
     guest_mac: Option<EthernetAddress>,
+    /// Which guest MAC owns which guest address (several guests on a
+    /// switch).
+    neighbors: Neighbors,
     /// The guest's address, learnt from DHCP or ARP.
     guest_ip: Option<Ipv4Addr>,
     /// The guest's IPv6 address in the prefix (SLAAC), learnt from NDP or
@@ -189,6 +201,16 @@ fn macs(cfg: &Config, guest: Option<EthernetAddress>) -> Macs {
         src: EthernetAddress(cfg.mac),
         dst: guest.unwrap_or(EthernetAddress::BROADCAST),
     }
+}
+
+/// The MAC frames to guest address `ip` go to: its owner if known, else
+/// the last guest that sent.
+fn guest_mac_for(
+    neighbors: &Neighbors,
+    fallback: Option<EthernetAddress>,
+    ip: IpAddr,
+) -> Option<EthernetAddress> {
+    neighbors.mac_of(ip).map(EthernetAddress).or(fallback)
 }
 
 /// What flows see of the stack; borrows only the configuration, so the
@@ -257,6 +279,7 @@ impl Stack {
             rng: cfg.seed,
             offload: Offload::default(),
             guest_mac: None,
+            neighbors: Neighbors::default(),
             guest_ip: None,
             guest_ip6: None,
             next_ra: None,
@@ -350,16 +373,38 @@ impl Stack {
             .filter_map(|(i, l)| l.as_ref().map(|l| (i, &l.fwd)))
     }
 
-    fn macs(&self) -> Macs {
-        macs(&self.cfg, self.guest_mac)
+    /// The MAC of the guest that owns `ip` (see [`guest_mac_for`]).
+    fn mac_for(&self, ip: IpAddr) -> Option<EthernetAddress> {
+        guest_mac_for(&self.neighbors, self.guest_mac, ip)
     }
 
-    fn learn(&mut self, mac: EthernetAddress, ip: Ipv4Addr) {
+    /// Our MAC and that of the guest owning `ip`.
+    fn macs_for(&self, ip: IpAddr) -> Macs {
+        macs(&self.cfg, self.mac_for(ip))
+    }
+
+    /// The guest at `mac` uses `ip` (from ARP, DHCP or its IPv4 packets).
+    fn learn(&mut self, now: Instant, mac: EthernetAddress, ip: Ipv4Addr) {
         self.guest_mac = Some(mac);
         let ours = ip == self.cfg.host || ip == self.cfg.dns;
         if self.cfg.net.contains(ip) && !ours && !ip.is_unspecified() {
             self.guest_ip = Some(ip);
+            self.neighbors.learn(ip.into(), mac.0, now);
         }
+    }
+
+    /// Whether `ip` belongs to a guest other than `asker` (a learnt
+    /// neighbour, or a lease bound or pinned to another MAC): the stack
+    /// leaves ARP requests for it to that guest.
+    fn other_guest_has(&self, ip: Ipv4Addr, asker: EthernetAddress) -> bool {
+        let other = |mac: [u8; 6]| mac != asker.0;
+        self.neighbors.mac_of(ip.into()).is_some_and(other)
+            || self.dhcp.bound().any(|(a, mac)| a == ip && other(mac))
+            || self
+                .cfg
+                .dhcp_hosts
+                .iter()
+                .any(|h| h.addr == ip && other(h.mac))
     }
 
     /// Declares what the guest link offloads (none until called): with
@@ -402,10 +447,12 @@ impl Stack {
         match eth.ethertype() {
             EthernetProtocol::Arp if self.cfg.ipv4 => match arp::handle(&self.cfg, eth.payload()) {
                 arp::Outcome::Reply(reply, mac, ip) => {
-                    self.learn(mac, ip);
-                    self.out.push(&reply);
+                    self.learn(now, mac, ip);
+                    if !self.other_guest_has(arp::target_of(&reply), mac) {
+                        self.out.push(&reply);
+                    }
                 }
-                arp::Outcome::Learn(mac, ip) => self.learn(mac, ip),
+                arp::Outcome::Learn(mac, ip) => self.learn(now, mac, ip),
                 arp::Outcome::Ignore => {}
                 arp::Outcome::Malformed => self.counters.malformed += 1,
             },
@@ -447,6 +494,7 @@ impl Stack {
             return;
         };
         let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
+        self.learn(now, src_mac, ip.src_addr);
         if ip.next_header == IpProtocol::Icmp {
             let parsed = Icmpv4Packet::new_checked(pkt.payload())
                 .and_then(|p| Icmpv4Repr::parse(&p, &ChecksumCapabilities::default()));
@@ -482,7 +530,7 @@ impl Stack {
         let (s6, d6) = (ip.src_addr, ip.dst_addr);
         // DAD probes come from `::` and name the tentative address; any
         // other source in the prefix is the guest's own.
-        self.learn6(s6);
+        self.learn6(now, src_mac, s6);
         let (src, dst) = (IpAddr::V6(s6), IpAddr::V6(d6));
         if ip.next_header == IpProtocol::Ipv6Frag {
             self.counters.fragments += 1;
@@ -517,7 +565,7 @@ impl Stack {
                 if ip.hop_limit == 255 =>
             {
                 if s6.is_unspecified() {
-                    self.learn6(target_addr);
+                    self.learn6(now, src_mac, target_addr);
                 } else if ndp::is_ours(cfg, target_addr) {
                     self.out
                         .push_with(|buf| ndp::neighbor_advert(buf, cfg, macs, target_addr, s6));
@@ -544,10 +592,11 @@ impl Stack {
     }
 
     /// Remembers a guest IPv6 address in the prefix.
-    fn learn6(&mut self, ip: Ipv6Addr) {
+    fn learn6(&mut self, now: Instant, mac: EthernetAddress, ip: Ipv6Addr) {
         let ours = ip == self.cfg.ipv6_host || ip == self.cfg.ipv6_dns;
         if self.cfg.ipv6_net.contains(ip) && !ours {
             self.guest_ip6 = Some(ip);
+            self.neighbors.learn(ip.into(), mac.0, now);
         }
     }
 
@@ -588,7 +637,7 @@ impl Stack {
                         return self.dhcpv6(src_mac, s6, sport, udp.payload());
                     }
                     (_, tftp::PORT) if self.serves_tftp(dst) && sport != 0 => {
-                        let env = env(&self.cfg, self.guest_mac, self.offload, now);
+                        let env = env(&self.cfg, Some(src_mac), self.offload, now);
                         let client = SocketAddr::new(src, sport);
                         let payload = udp.payload();
                         return self
@@ -653,6 +702,7 @@ impl Stack {
         };
         if let Some(ip) = reply.leased {
             self.guest_ip = Some(ip);
+            self.neighbors.learn(ip.into(), src_mac.0, now);
         }
         let macs = Macs {
             src: EthernetAddress(self.cfg.mac),
@@ -676,7 +726,7 @@ impl Stack {
             return false;
         };
         self.counters.flows_evicted += 1;
-        let env = env(&self.cfg, self.guest_mac, self.offload, now);
+        let env = env(&self.cfg, self.flow_mac(id), self.offload, now);
         if let Some((_, Flow::Tcp(f))) = self.flows.get(id)
             && f.host_open()
         {
@@ -688,6 +738,12 @@ impl Stack {
             self.remove(id, host);
         }
         !self.flows.is_full()
+    }
+
+    /// The MAC of flow `id`'s guest.
+    fn flow_mac(&self, id: FlowId) -> Option<EthernetAddress> {
+        let (key, _) = self.flows.get(id)?;
+        self.mac_for(key.guest.ip())
     }
 
     fn remove<H: HostIo>(&mut self, id: FlowId, host: &mut H) {
@@ -750,7 +806,7 @@ impl Stack {
         remote: SocketAddr,
         l4: &[u8],
     ) {
-        let macs = self.macs();
+        let macs = self.macs_for(guest.ip());
         let data = &l4[..l4.len().min(8)];
         match (guest.ip(), remote.ip()) {
             (IpAddr::V4(g), IpAddr::V4(r)) => {
@@ -823,7 +879,7 @@ impl Stack {
                         Ok(up) => udp::Kind::Dns(up),
                         Err(reply) => {
                             if let Some(reply) = reply {
-                                let macs = self.macs();
+                                let macs = self.macs_for(guest.ip());
                                 self.out.push_with(|buf| {
                                     packet::udp(
                                         buf,
@@ -919,7 +975,8 @@ impl Stack {
                 self.counters.malformed += 1;
                 return;
             }
-            let env = env(&self.cfg, self.guest_mac, self.offload, now);
+            let mac = self.mac_for(guest.ip());
+            let env = env(&self.cfg, mac, self.offload, now);
             let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) else {
                 return;
             };
@@ -983,7 +1040,7 @@ impl Stack {
         let Some(rst) = tcp::reset_for(seg) else {
             return;
         };
-        let macs = self.macs();
+        let macs = self.macs_for(guest.ip());
         let partial = self.offload.tx_csum;
         self.out
             .push_with(|buf| packet::tcp_link(buf, macs, remote.ip(), guest.ip(), &rst, partial));
@@ -1007,7 +1064,7 @@ impl Stack {
             IpAddr::V4(_) => IpProtocol::Icmp,
             IpAddr::V6(_) => IpProtocol::Icmpv6,
         };
-        let macs = self.macs();
+        let macs = self.macs_for(src);
         match nat::outbound(&self.cfg, Proto::Icmp, remote) {
             Verdict::Local => match (src, dst) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -1093,7 +1150,8 @@ impl Stack {
         let Some(id) = FlowId::from_token(ev.token) else {
             return self.listener_event(now, ev, host);
         };
-        let env = env(&self.cfg, self.guest_mac, self.offload, now);
+        let mac = self.flow_mac(id);
+        let env = env(&self.cfg, mac, self.offload, now);
         let Some((_, flow)) = self.flows.get_mut(id) else {
             return;
         };
@@ -1202,7 +1260,7 @@ impl Stack {
                 f.set_remote(remote);
             }
             tracing::debug!(%client, %guest, "port forward connection");
-            if self.guest_mac.is_none() {
+            if self.neighbors.mac_of(guest.ip()).is_none() {
                 match guest.ip() {
                     IpAddr::V4(g) => self.out.push(&arp::request(&self.cfg, g)),
                     IpAddr::V6(g) => {
@@ -1211,7 +1269,8 @@ impl Stack {
                     }
                 }
             }
-            let env = env(&self.cfg, self.guest_mac, self.offload, now);
+            let mac = self.mac_for(guest.ip());
+            let env = env(&self.cfg, mac, self.offload, now);
             if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(new_id) {
                 f.send_syn(&env, new_id.token(), host, &mut self.out);
             }
@@ -1222,8 +1281,10 @@ impl Stack {
     /// Runs timers due at `now` (retransmissions, idle flow expiry).
     pub fn handle_timeout<H: HostIo>(&mut self, now: Instant, host: &mut H) {
         if self.next_ra.is_some_and(|at| now >= at) {
-            let mut macs = self.macs();
-            macs.dst = ndp::multicast_mac(ndp::ALL_NODES);
+            let macs = Macs {
+                src: EthernetAddress(self.cfg.mac),
+                dst: ndp::multicast_mac(ndp::ALL_NODES),
+            };
             let cfg = &self.cfg;
             self.out
                 .push_with(|buf| ndp::router_advert(buf, cfg, macs, ndp::ALL_NODES));
@@ -1232,7 +1293,8 @@ impl Stack {
         let tftp_env = env(&self.cfg, self.guest_mac, self.offload, now);
         self.tftp.handle_timeout(&tftp_env, host, &mut self.out);
         while let Some(id) = self.flows.pop_due(now) {
-            let env = env(&self.cfg, self.guest_mac, self.offload, now);
+            let mac = self.flow_mac(id);
+            let env = env(&self.cfg, mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };
@@ -1270,7 +1332,8 @@ impl Stack {
         host: &mut H,
     ) -> Option<usize> {
         while let Some(id) = self.flows.next_ready() {
-            let env = env(&self.cfg, self.guest_mac, self.offload, now);
+            let mac = self.flow_mac(id);
+            let env = env(&self.cfg, mac, self.offload, now);
             let Some((_, flow)) = self.flows.get_mut(id) else {
                 continue;
             };
@@ -1340,7 +1403,7 @@ impl Stack {
                     f.set_readable(now);
                 }
                 self.settle(id, false, host);
-                let macs = self.macs();
+                let macs = self.macs_for(guest.ip());
                 return packet::udp_in_place(
                     buf,
                     macs,
@@ -1374,9 +1437,41 @@ impl Stack {
         self.tftp.clear(host);
         self.out.clear();
         self.guest_mac = None;
+        self.neighbors.clear();
         self.guest_ip = None;
         self.guest_ip6 = None;
         self.next_ra = None;
+    }
+
+    /// The guest at `mac` left the switch (its QEMU disconnected): its
+    /// flows are closed and its addresses forgotten; its DHCP lease stays,
+    /// so that it gets the same address if it comes back within the lease.
+    /// The other guests are untouched; when no guest is left, this is
+    /// [`Stack::reset_link`].
+    pub fn guest_gone<H: HostIo>(&mut self, mac: [u8; 6], host: &mut H) {
+        let addrs = self.neighbors.forget(mac);
+        if self.guest_mac == Some(EthernetAddress(mac)) {
+            self.guest_mac = None;
+        }
+        if self.neighbors.is_empty() && self.guest_mac.is_none() {
+            return self.reset_link(host);
+        }
+        if self.guest_ip.is_some_and(|ip| addrs.contains(&ip.into())) {
+            self.guest_ip = None;
+        }
+        if self.guest_ip6.is_some_and(|ip| addrs.contains(&ip.into())) {
+            self.guest_ip6 = None;
+        }
+        for id in self.flows.ids() {
+            if self
+                .flows
+                .get(id)
+                .is_some_and(|(key, _)| addrs.contains(&key.guest.ip()))
+            {
+                self.remove(id, host);
+            }
+        }
+        self.tftp.forget(&addrs, host);
     }
 
     /// What the stack has counted so far.
@@ -1426,6 +1521,18 @@ impl Stack {
     pub fn restore_dhcp_lease(&mut self, now: Instant, ip: Ipv4Addr, mac: [u8; 6]) -> bool {
         let expires = now.checked_add(self.cfg.lease_time);
         self.dhcp.restore(&self.cfg, ip, mac, expires)
+    }
+
+    /// The addresses the guest at `mac` uses (most recently used first, both
+    /// families), and its DHCP lease if it has one that it does not use.
+    pub fn addresses_of(&self, mac: [u8; 6]) -> Vec<IpAddr> {
+        let mut addrs = self.neighbors.addrs_of(mac);
+        if let Some(ip) = self.dhcp.lease_of(mac)
+            && !addrs.contains(&ip.into())
+        {
+            addrs.push(ip.into());
+        }
+        addrs
     }
 
     /// What the stack learnt of the guest: its MAC, IPv4 and IPv6 address.

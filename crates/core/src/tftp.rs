@@ -307,6 +307,8 @@ pub fn name_allowed(name: &str) -> bool {
 struct Session {
     /// The client's address and port.
     client: SocketAddr,
+    /// Our MAC and the client's (guests may be several on a switch).
+    macs: Macs,
     /// The gateway address the client sent to (we answer from it).
     server: IpAddr,
     /// Block size in force.
@@ -505,6 +507,7 @@ impl Server {
         tracing::debug!(%client, name = req.filename, size, ?oack, "TFTP read");
         let mut s = Session {
             client,
+            macs: env.macs,
             server,
             blksize,
             timeout,
@@ -566,7 +569,18 @@ impl Server {
             if s.retries > MAX_RETRIES {
                 tracing::debug!(client = %s.client, block = s.block, "TFTP transfer timed out");
                 self.end(slot, host);
-            } else if !s.transmit(token(slot), env.macs, host, out) {
+            } else if !s.transmit(token(slot), s.macs, host, out) {
+                self.end(slot, host);
+            }
+        }
+    }
+
+    /// Ends the transfers of clients at `addrs` (a guest left the switch).
+    pub fn forget<H: HostIo>(&mut self, addrs: &[IpAddr], host: &mut H) {
+        for slot in 0..self.sessions.len() {
+            if let Some(Some(s)) = self.sessions.get(slot)
+                && addrs.contains(&s.client.ip())
+            {
                 self.end(slot, host);
             }
         }

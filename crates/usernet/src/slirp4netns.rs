@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use usernet_core::config::Ipv4Net;
+use usernet_core::config::{Ipv4Net, parse_mac};
 
 /// slirp4netns 1.2.0's `--help` text after the usage line, byte for byte
 /// (tabs included).
@@ -110,19 +110,6 @@ pub enum Parsed {
     Help,
     /// `-v`.
     Version,
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 fn parse_fd(opt: &str, v: &str) -> Result<i32, String> {
