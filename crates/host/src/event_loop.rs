@@ -89,6 +89,17 @@ pub trait Transport {
     /// Writes queued frames; `Ok(true)` when all went out. An error means
     /// the guest went away.
     fn flush(&mut self, registry: &Registry) -> io::Result<bool>;
+    /// The MAC of a guest that left since the last call (a transport of
+    /// several guests, which never reports [`ReadStatus::Closed`]); the
+    /// loop calls [`Stack::guest_gone`] for each.
+    fn departed(&mut self) -> Option<[u8; 6]> {
+        None
+    }
+    /// Whether frames read earlier wait in the transport for room that
+    /// there is now: read again without waiting for an event.
+    fn rx_ready(&mut self) -> bool {
+        false
+    }
 }
 
 /// What a [`Control`] wants after handling an event.
@@ -339,6 +350,10 @@ fn serve<T: Transport>(
             }
         }
         tx_pending = sent >= MAX_FRAMES_PER_TURN;
+        while let Some(mac) = transport.departed() {
+            stack.guest_gone(mac, sockets);
+        }
+        rx_pending |= transport.rx_ready();
 
         if let Some(p) = pcap
             && let Err(e) = p.flush()
@@ -376,6 +391,7 @@ mod tests {
             let mut c = UnixStream::connect(&path).expect("connect");
             let mut frame = vec![0u8; 64];
             frame[..6].fill(0xff);
+            frame[6..12].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
             c.write_all(&64u32.to_be_bytes()).expect("write");
             c.write_all(&frame).expect("write");
             // An oversized length is skipped, not fatal.

@@ -31,11 +31,12 @@ pub mod pcap;
 pub mod sandbox;
 pub mod sockets;
 pub mod stream;
+pub mod switch;
 pub mod tap;
 
 pub use event_loop::{Control, Flow, RunError, Stopped, Transport, run, run_with};
 pub use sockets::{Interest, MioPoller, Poller, Sockets};
-pub use stream::{Decoder, Encoder, StreamServer};
+pub use stream::{Decoder, Encoder, GuestPort, PortStats, StreamServer};
 
 const _: () = assert!(usize::BITS >= 64, "usernet-host needs a 64-bit target");
 

@@ -22,20 +22,45 @@
 //! # Transport
 //! [`StreamServer`] listens on a unix socket path (a stale socket file is
 //! removed first) for QEMU's `-netdev
-//! stream,server=off,addr.type=unix,addr.path=PATH`. One client at a time:
-//! while one is up, later connections wait in the listen backlog (a QEMU
-//! restarting quickly may connect before its old connection's end of stream
-//! is read). When the client goes away the event loop resets the stack's
-//! link and the server takes the next waiting client, if any.
+//! stream,server=off,addr.type=unix,addr.path=PATH`, and serves up to
+//! `--max-guests` clients at once; one more is accepted, logged as refused
+//! and closed. Each client is a port of a learning switch
+//! ([`crate::switch`]) whose other station is the stack: frames between
+//! guests are copied from one port's decoder to the other's encoder, never
+//! through the stack.
+//!
+//! - *Fairness.* [`Transport::read_frames`] reads the ports in turn, a new
+//!   one first each call, each for at most its share of the turn's budget,
+//!   so a guest sending as fast as it can does not starve another.
+//! - *Back-pressure.* A unicast frame for a guest whose output is full stays
+//!   in the sender's decoder (peeked, not consumed) and the sender is not
+//!   read further until there is room ([`Transport::rx_ready`]); its socket
+//!   fills and its QEMU waits. The stack's frames wait while any guest's
+//!   output is full, so its TCP flows see a full link rather than losses. A
+//!   guest whose output stays full for a second (a paused VM) stops
+//!   holding the others up: frames for it are dropped (counted). Broadcasts
+//!   never wait: a full port misses them.
+//! - *Leaving.* A guest that disconnects (end of stream, read or write
+//!   error) frees its port and its switch entries; its MACs come out of
+//!   [`Transport::departed`] so the loop tells the stack
+//!   ([`usernet_core::Stack::guest_gone`]). A QEMU restarting quickly may
+//!   connect before its old connection's end is read; both are ports for
+//!   that moment, and the old one's leaving does not touch the new one,
+//!   which the switch already learnt the MAC on.
+//! - *Seeing inside.* [`StreamServer::guests`] lists the connected guests:
+//!   MAC, connected since, frames and bytes each way.
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::event_loop::{ReadStatus, Transport};
+use crate::switch::{Counters as SwitchCounters, PortId, Switch, Verdict};
 
 /// Size of a frame's length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -118,6 +143,27 @@ impl Decoder {
 
     /// The next complete frame, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<&[u8]> {
+        let frame = self.frame_range()?;
+        self.start = frame.end;
+        Some(&self.buf[frame])
+    }
+
+    /// The next complete frame, left in place: [`Decoder::consume`] takes
+    /// it, else it comes again (a frame waiting for room where it goes).
+    pub fn peek_frame(&mut self) -> Option<&[u8]> {
+        let frame = self.frame_range()?;
+        Some(&self.buf[frame])
+    }
+
+    /// Takes the frame [`Decoder::peek_frame`] showed.
+    pub fn consume(&mut self) {
+        if let Some(frame) = self.frame_range() {
+            self.start = frame.end;
+        }
+    }
+
+    /// Where the next complete frame is in `buf`, skipping refused ones.
+    fn frame_range(&mut self) -> Option<std::ops::Range<usize>> {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(self.end - self.start);
@@ -144,9 +190,7 @@ impl Decoder {
             if avail.len() < HEADER_LEN + len {
                 return None;
             }
-            let frame = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
-            self.start = frame.end;
-            return Some(&self.buf[frame]);
+            return Some(self.start + HEADER_LEN..self.start + HEADER_LEN + len);
         }
     }
 }
@@ -254,26 +298,156 @@ impl Encoder {
 
 /// Token of the listening socket.
 const LISTENER: Token = Token(crate::DRIVER_TOKEN_BASE as usize);
-/// Token of the connected client.
-const CLIENT: Token = Token(crate::DRIVER_TOKEN_BASE as usize + 1);
+/// Token of port 0; port `i` has `FIRST_CLIENT + i`.
+const FIRST_CLIENT: usize = crate::DRIVER_TOKEN_BASE as usize + 1;
 
-/// Output frames buffered for the guest before back-pressure.
-const OUT_FRAMES: usize = 16;
+/// The most guests one socket serves (`--max-guests`): transports have
+/// 0x100 tokens, one of them the listener's and the last the loop's.
+pub const MAX_GUESTS_LIMIT: usize = 0xfe;
 
-/// A unix socket server for one QEMU `-netdev stream` client at a time.
+/// `--max-guests`'s default.
+pub const DEFAULT_MAX_GUESTS: usize = 16;
+
+/// Output frames buffered for each guest before back-pressure.
+const OUT_FRAMES: usize = 32;
+
+/// The fewest frames a port may read per turn, however many ports share
+/// the turn's budget.
+const MIN_PORT_QUOTA: usize = 16;
+
+/// How long a guest's output may stay full before frames for it are
+/// dropped rather than holding up the stack for everyone (a paused VM).
+const STALL: Duration = Duration::from_secs(1);
+
+/// What the switch's ports carry: frames and bytes each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames from the guest (all it sent, dropped ones included).
+    pub frames_in: u64,
+    /// Bytes of those frames.
+    pub bytes_in: u64,
+    /// Frames to the guest.
+    pub frames_out: u64,
+    /// Bytes of those frames.
+    pub bytes_out: u64,
+    /// Frames for the guest dropped: its output was full (broadcasts, or
+    /// stalled for [`STALL`]).
+    pub out_dropped: u64,
+}
+
+/// One connected guest, as [`StreamServer::guests`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestPort {
+    /// Its switch port.
+    pub port: PortId,
+    /// The MAC it sends from (`None` until its first valid frame).
+    pub mac: Option<[u8; 6]>,
+    /// When it connected.
+    pub connected_since: SystemTime,
+    /// What it sent and received.
+    pub stats: PortStats,
+}
+
+/// One QEMU client: a port of the switch.
+#[derive(Debug)]
+struct Port {
+    stream: UnixStream,
+    decoder: Decoder,
+    encoder: Encoder,
+    /// A readable edge came and the socket was not read to `WouldBlock`
+    /// since.
+    readable: bool,
+    /// The next frame waits for room at this port.
+    waiting_on: Option<PortId>,
+    /// Since when the output has been full (a push failed and nothing was
+    /// written since).
+    full_since: Option<Instant>,
+    since: SystemTime,
+    stats: PortStats,
+}
+
+impl Port {
+    /// Queues `frame` for the guest; false when the output is full.
+    fn push(&mut self, now: Instant, frame: &[u8]) -> bool {
+        if self.encoder.push(frame) {
+            self.count_out(frame.len());
+            true
+        } else {
+            self.full_since.get_or_insert(now);
+            false
+        }
+    }
+
+    fn count_out(&mut self, len: usize) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += len as u64;
+    }
+
+    /// Whether the output has been full so long that frames for it are
+    /// dropped instead of waited for.
+    fn stalled(&self, now: Instant) -> bool {
+        self.full_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= STALL)
+    }
+
+    /// Whether the output takes another frame, or may be ignored for
+    /// back-pressure.
+    fn has_room(&mut self, now: Instant) -> bool {
+        self.encoder.slot().is_some() || self.stalled(now)
+    }
+}
+
+/// How reading one port stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortRead {
+    /// Nothing more to read now.
+    Drained,
+    /// Its quota was reached.
+    More,
+    /// The guest went away.
+    Closed,
+}
+
+/// Where the frame the stack writes into [`Transport::out_slot`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Straight in this port's output (the only port).
+    Port(PortId),
+    /// In the staging buffer, to be switched on commit.
+    Staged,
+}
+
+/// A unix socket server for QEMU `-netdev stream` clients: a virtual
+/// switch with one port per client (see the module doc).
 #[derive(Debug)]
 pub struct StreamServer {
     path: PathBuf,
     listener: UnixListener,
-    client: Option<UnixStream>,
-    decoder: Decoder,
-    encoder: Encoder,
+    /// Ports by id; a disconnected guest leaves a hole.
+    ports: Vec<Option<Port>>,
+    switch: Switch,
     max_frame: usize,
+    max_guests: usize,
+    /// The port read first next turn (round robin).
+    next_port: usize,
+    /// Frames from the stack wait here when several ports may want them.
+    stage: Box<[u8]>,
+    slot: Option<Slot>,
+    /// MACs of guests that left, for [`Transport::departed`].
+    departed: VecDeque<[u8; 6]>,
+    /// Frames refused for their length by ports already closed.
+    refused_closed: u64,
+    /// Connections refused for `--max-guests`.
+    refused_guests: u64,
 }
 
 impl StreamServer {
     /// Listens on `path`, replacing a stale socket file there (any other
-    /// kind of file is an error).
+    /// kind of file is an error). Serves up to [`DEFAULT_MAX_GUESTS`]
+    /// guests on a switch in front of a stack at [`Config`]'s default MAC;
+    /// see [`StreamServer::switch`].
+    ///
+    /// [`Config`]: usernet_core::Config
     pub fn bind(path: &Path, max_frame: usize) -> io::Result<Self> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
@@ -290,11 +464,25 @@ impl StreamServer {
         Ok(StreamServer {
             path: path.to_owned(),
             listener,
-            client: None,
-            decoder: Decoder::new(max_frame),
-            encoder: Encoder::new(max_frame, OUT_FRAMES),
+            ports: Vec::new(),
+            switch: Switch::new(usernet_core::Config::default().mac, false),
             max_frame,
+            max_guests: DEFAULT_MAX_GUESTS,
+            next_port: 0,
+            stage: vec![0; max_frame].into_boxed_slice(),
+            slot: None,
+            departed: VecDeque::new(),
+            refused_closed: 0,
+            refused_guests: 0,
         })
+    }
+
+    /// Sets the switch up: the stack's MAC, the most guests at once
+    /// (clamped to 1..=[`MAX_GUESTS_LIMIT`]) and `--isolate`.
+    pub fn switch(mut self, stack_mac: [u8; 6], max_guests: usize, isolate: bool) -> Self {
+        self.switch = Switch::new(stack_mac, isolate);
+        self.max_guests = max_guests.clamp(1, MAX_GUESTS_LIMIT);
+        self
     }
 
     /// The socket path.
@@ -302,28 +490,62 @@ impl StreamServer {
         &self.path
     }
 
-    /// Frames from the guest refused for their length (zero or too large).
+    /// Frames from the guests refused for their length (zero or too large).
     pub fn refused_frames(&self) -> u64 {
-        self.decoder.oversized() + self.decoder.empty()
+        self.live()
+            .map(|(_, p)| p.decoder.oversized() + p.decoder.empty())
+            .sum::<u64>()
+            + self.refused_closed
     }
 
-    /// Forgets the client, then takes the next one waiting, if any.
-    fn drop_client(&mut self, registry: &Registry) {
-        if let Some(mut c) = self.client.take() {
-            let _ = registry.deregister(&mut c);
-            tracing::info!("{}: guest disconnected", self.path.display());
-        }
-        self.decoder = Decoder::new(self.max_frame);
-        self.encoder.clear();
-        if let Err(e) = self.accept(registry) {
-            tracing::warn!("{}: accept: {e}", self.path.display());
-        }
+    /// Connections refused because `--max-guests` were connected.
+    pub fn refused_guests(&self) -> u64 {
+        self.refused_guests
     }
 
-    /// Accepts a client unless one is connected; later ones wait in the
-    /// backlog until it leaves.
+    /// What the switch dropped.
+    pub fn switch_counters(&self) -> SwitchCounters {
+        self.switch.counters()
+    }
+
+    /// The guests connected now, by port.
+    pub fn guests(&self) -> Vec<GuestPort> {
+        self.live()
+            .map(|(i, p)| GuestPort {
+                port: i,
+                mac: self.switch.mac_of(i),
+                connected_since: p.since,
+                stats: p.stats,
+            })
+            .collect()
+    }
+
+    fn live(&self) -> impl Iterator<Item = (PortId, &Port)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+    }
+
+    fn connected(&self) -> usize {
+        self.live().count()
+    }
+
+    /// Closes port `i` (already taken out of `ports`): its MACs are
+    /// reported as departed.
+    fn close_port(&mut self, registry: &Registry, i: PortId, mut port: Port) {
+        let _ = registry.deregister(&mut port.stream);
+        self.refused_closed += port.decoder.oversized() + port.decoder.empty();
+        let macs = self.switch.remove_port(i);
+        let mac = macs.first().map(|m| fmt_mac(*m)).unwrap_or_default();
+        tracing::info!(port = i, %mac, "{}: guest disconnected", self.path.display());
+        self.departed.extend(macs);
+    }
+
+    /// Accepts the waiting clients; beyond `--max-guests` they are told
+    /// no by a closed connection (and a line in the log).
     fn accept(&mut self, registry: &Registry) -> io::Result<()> {
-        while self.client.is_none() {
+        loop {
             let mut stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -332,16 +554,153 @@ impl StreamServer {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => return Err(e),
             };
-            registry.register(&mut stream, CLIENT, Interest::READABLE | Interest::WRITABLE)?;
-            self.client = Some(stream);
-            tracing::info!("{}: guest connected", self.path.display());
+            let free = self.ports.iter().position(Option::is_none);
+            let i = match free {
+                Some(i) => i,
+                None if self.ports.len() < self.max_guests => {
+                    self.ports.push(None);
+                    self.ports.len() - 1
+                }
+                None => {
+                    self.refused_guests += 1;
+                    tracing::warn!(
+                        "{}: guest refused: --max-guests {} are connected",
+                        self.path.display(),
+                        self.max_guests
+                    );
+                    continue;
+                }
+            };
+            registry.register(
+                &mut stream,
+                Token(FIRST_CLIENT + i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            self.ports[i] = Some(Port {
+                stream,
+                decoder: Decoder::new(self.max_frame),
+                encoder: Encoder::new(self.max_frame, OUT_FRAMES),
+                readable: true,
+                waiting_on: None,
+                full_since: None,
+                since: SystemTime::now(),
+                stats: PortStats::default(),
+            });
+            tracing::info!(port = i, "{}: guest connected", self.path.display());
+        }
+    }
+
+    /// Sends one frame from the guest on `from` where the switch says;
+    /// `Err(port)` when it must wait for room at `port` (unicast to a
+    /// guest whose output is full: back-pressure to the sender).
+    fn switch_frame(
+        &mut self,
+        now: Instant,
+        from: PortId,
+        frame: &[u8],
+        to_stack: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), PortId> {
+        match self.switch.from_guest(now, from, frame) {
+            Verdict::Stack => to_stack(frame),
+            Verdict::Port(q) => {
+                if let Some(Some(dst)) = self.ports.get_mut(q)
+                    && !dst.push(now, frame)
+                {
+                    if !dst.stalled(now) {
+                        return Err(q);
+                    }
+                    dst.stats.out_dropped += 1;
+                }
+            }
+            Verdict::Flood { except, stack } => {
+                self.flood(now, except, frame);
+                if stack {
+                    to_stack(frame);
+                }
+            }
+            Verdict::Drop(why) => tracing::debug!(?why, port = from, "frame dropped"),
         }
         Ok(())
     }
+
+    /// Copies `frame` to every port but `except`; a full one misses it.
+    fn flood(&mut self, now: Instant, except: Option<PortId>, frame: &[u8]) {
+        for (i, p) in self.ports.iter_mut().enumerate() {
+            if let Some(p) = p
+                && Some(i) != except
+                && !p.push(now, frame)
+            {
+                p.stats.out_dropped += 1;
+            }
+        }
+    }
+
+    /// Reads port `i` (taken out of `ports`) for at most `quota` frames.
+    fn read_port(
+        &mut self,
+        now: Instant,
+        i: PortId,
+        port: &mut Port,
+        quota: usize,
+        to_stack: &mut dyn FnMut(&[u8]),
+    ) -> (PortRead, usize) {
+        let mut n = 0;
+        loop {
+            while n < quota {
+                let Some(frame) = port.decoder.peek_frame() else {
+                    break;
+                };
+                let len = frame.len();
+                if let Err(q) = self.switch_frame(now, i, frame, to_stack) {
+                    port.waiting_on = Some(q);
+                    return (PortRead::Drained, n);
+                }
+                port.decoder.consume();
+                port.waiting_on = None;
+                port.stats.frames_in += 1;
+                port.stats.bytes_in += len as u64;
+                n += 1;
+            }
+            if n >= quota {
+                return (PortRead::More, n);
+            }
+            if !port.readable {
+                return (PortRead::Drained, n);
+            }
+            let buf = port.decoder.read_buf();
+            if buf.is_empty() {
+                // Cannot happen once the frames are drained; never read 0.
+                return (PortRead::More, n);
+            }
+            match port.stream.read(buf) {
+                Ok(0) => return (PortRead::Closed, n),
+                Ok(len) => port.decoder.filled(len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    port.readable = false;
+                    return (PortRead::Drained, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::info!(port = i, "{}: read failed: {e}", self.path.display());
+                    return (PortRead::Closed, n);
+                }
+            }
+        }
+    }
+}
+
+/// `52:54:00:12:34:56`.
+fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 impl Drop for StreamServer {
     fn drop(&mut self) {
+        tracing::info!(
+            switch = ?self.switch.counters(),
+            refused_guests = self.refused_guests,
+            "switch stopped"
+        );
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -352,84 +711,170 @@ impl Transport for StreamServer {
     }
 
     fn owns(&self, token: Token) -> bool {
-        token == LISTENER || token == CLIENT
+        token == LISTENER || (FIRST_CLIENT..FIRST_CLIENT + MAX_GUESTS_LIMIT).contains(&token.0)
     }
 
     fn ready(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         if token == LISTENER {
-            self.accept(registry)?;
+            return self.accept(registry);
+        }
+        if let Some(Some(p)) = self.ports.get_mut(token.0 - FIRST_CLIENT) {
+            p.readable = true;
         }
         Ok(())
     }
 
     fn is_up(&self) -> bool {
-        self.client.is_some()
+        self.ports.iter().any(Option::is_some)
     }
 
+    /// Reads the ports in turn, starting one further each call, each for
+    /// at most its share of `max` (and [`MIN_PORT_QUOTA`]): a guest that
+    /// floods gets its share, the others theirs. Never `Closed`: guests
+    /// that left are reported by [`Transport::departed`].
     fn read_frames(
         &mut self,
         registry: &Registry,
         max: usize,
         f: &mut dyn FnMut(&[u8]),
     ) -> ReadStatus {
-        let Some(client) = self.client.as_mut() else {
-            return ReadStatus::Drained;
-        };
-        let mut n = 0;
-        loop {
-            while n < max {
-                match self.decoder.next_frame() {
-                    Some(frame) => {
-                        f(frame);
-                        n += 1;
-                    }
-                    None => break,
+        let now = Instant::now();
+        let count = self.ports.len();
+        let quota = (max / self.connected().max(1)).max(MIN_PORT_QUOTA);
+        let mut budget = max;
+        let mut more = false;
+        for k in 0..count {
+            let i = (self.next_port + k) % count;
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let Some(mut port) = self.ports[i].take() else {
+                continue;
+            };
+            let (status, n) = self.read_port(now, i, &mut port, quota.min(budget), f);
+            budget -= n;
+            match status {
+                PortRead::Closed => self.close_port(registry, i, port),
+                PortRead::More => {
+                    more = true;
+                    self.ports[i] = Some(port);
                 }
-            }
-            if n >= max {
-                return ReadStatus::More;
-            }
-            let buf = self.decoder.read_buf();
-            if buf.is_empty() {
-                // Cannot happen once next_frame is drained; never read 0.
-                return ReadStatus::More;
-            }
-            match client.read(buf) {
-                Ok(0) => break,
-                Ok(len) => self.decoder.filled(len),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStatus::Drained,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::info!("{}: client read failed: {e}", self.path.display());
-                    break;
-                }
+                PortRead::Drained => self.ports[i] = Some(port),
             }
         }
-        self.drop_client(registry);
-        ReadStatus::Closed
+        self.next_port = (self.next_port + 1) % count.max(1);
+        if more {
+            ReadStatus::More
+        } else {
+            ReadStatus::Drained
+        }
     }
 
+    /// With one guest, its output buffer (no copy); with several, a
+    /// staging buffer switched on [`Transport::commit`]. `None` while a
+    /// guest's output is full (back-pressure), unless it has been full for
+    /// [`STALL`]: then frames for it are dropped instead.
     fn out_slot(&mut self) -> Option<&mut [u8]> {
-        self.client.as_ref()?;
-        self.encoder.slot()
+        let now = Instant::now();
+        let mut live = self
+            .ports
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.as_mut()?)));
+        let (first, port) = live.next()?;
+        if !port.has_room(now) {
+            return None;
+        }
+        let mut several = false;
+        for (_, p) in live {
+            several = true;
+            if !p.has_room(now) {
+                return None;
+            }
+        }
+        if several {
+            self.slot = Some(Slot::Staged);
+            return Some(&mut self.stage[..]);
+        }
+        self.slot = Some(Slot::Port(first));
+        self.ports[first].as_mut()?.encoder.slot()
     }
 
     fn commit(&mut self, len: usize) -> &[u8] {
-        self.encoder.commit(len)
+        let now = Instant::now();
+        let len = len.min(self.stage.len());
+        match self.slot.take() {
+            Some(Slot::Port(i)) => match self.ports.get_mut(i) {
+                Some(Some(p)) => {
+                    p.count_out(len);
+                    p.encoder.commit(len)
+                }
+                _ => &[],
+            },
+            Some(Slot::Staged) => {
+                let frame = &self.stage[..len];
+                match self.switch.from_stack(now, frame) {
+                    Verdict::Port(q) => {
+                        if let Some(Some(p)) = self.ports.get_mut(q)
+                            && !p.push(now, frame)
+                        {
+                            p.stats.out_dropped += 1;
+                        }
+                    }
+                    Verdict::Flood { except, .. } => {
+                        for (i, p) in self.ports.iter_mut().enumerate() {
+                            if let Some(p) = p
+                                && Some(i) != except
+                                && !p.push(now, frame)
+                            {
+                                p.stats.out_dropped += 1;
+                            }
+                        }
+                    }
+                    Verdict::Stack | Verdict::Drop(_) => {}
+                }
+                &self.stage[..len]
+            }
+            None => &[],
+        }
     }
 
     fn flush(&mut self, registry: &Registry) -> io::Result<bool> {
-        let Some(client) = self.client.as_mut() else {
-            return Ok(true);
-        };
-        match self.encoder.write_to(client) {
-            Ok(done) => Ok(done),
-            Err(e) => {
-                tracing::info!("{}: client write failed: {e}", self.path.display());
-                self.drop_client(registry);
-                Err(e)
+        let mut all = true;
+        for i in 0..self.ports.len() {
+            let Some(mut port) = self.ports[i].take() else {
+                continue;
+            };
+            let before = port.encoder.pending();
+            match port.encoder.write_to(&mut port.stream) {
+                Ok(done) => {
+                    all &= done;
+                    if port.encoder.pending() < before {
+                        port.full_since = None;
+                    }
+                    self.ports[i] = Some(port);
+                }
+                Err(e) => {
+                    tracing::info!(port = i, "{}: write failed: {e}", self.path.display());
+                    self.close_port(registry, i, port);
+                }
             }
         }
+        Ok(all)
+    }
+
+    fn departed(&mut self) -> Option<[u8; 6]> {
+        self.departed.pop_front()
+    }
+
+    /// A guest's frame waits for a port that has room now (or is gone).
+    fn rx_ready(&mut self) -> bool {
+        let waiting: Vec<PortId> = self.live().filter_map(|(_, p)| p.waiting_on).collect();
+        waiting.into_iter().any(|q| match self.ports.get_mut(q) {
+            Some(Some(p)) => p.encoder.slot().is_some(),
+            _ => true,
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use usernet_core::Config;
 use usernet_core::config::{
-    DnsHost, EgressRule, GuestFwd, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream,
+    DhcpHost, DnsHost, EgressRule, GuestFwd, HostFwd, Ipv4Net, Ipv6Net, parse_dns_upstream,
 };
 
 /// A memory-safe user-mode network stack for QEMU guests.
@@ -120,6 +120,14 @@ pub struct QemuArgs {
     /// Serve the slirp4netns JSON API (port forwards) on this unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// The most QEMU guests connected at once, each a port of one virtual
+    /// switch; one more is refused (logged, its connection closed).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=254))]
+    pub max_guests: u16,
+    /// Keep the guests apart: each reaches the stack (NAT, DNS, DHCP) but
+    /// no other guest.
+    #[arg(long)]
+    pub isolate: bool,
     /// The network and its services.
     #[command(flatten)]
     pub stack: StackArgs,
@@ -183,6 +191,10 @@ pub struct StackArgs {
     /// nameservers of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_upstream)]
     pub dns_upstream: Vec<SocketAddr>,
+    /// Lease this address to the guest with this MAC, and to no other
+    /// (repeatable).
+    #[arg(long, value_name = "MAC=ADDR")]
+    pub dhcp_host: Vec<DhcpHost>,
     /// A name the DNS forwarder answers itself (repeatable).
     #[arg(long, value_name = "NAME=ADDR")]
     pub dns_host: Vec<DnsHost>,
@@ -350,6 +362,7 @@ impl StackArgs {
             dns_upstreams,
             dns_hosts: self.dns_host.clone(),
             hostfwd: self.hostfwd.clone(),
+            dhcp_hosts: self.dhcp_host.clone(),
             max_flows: self.max_flows.unwrap_or(Config::default().max_flows),
             restrict: self.egress.restrict,
             egress: self.egress.rules.clone(),

@@ -141,7 +141,8 @@ fn qemu(args: QemuArgs) -> ExitCode {
 fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
     let path = &args.socket;
     let mut server = StreamServer::bind(path, cfg.max_frame())
-        .with_context(|| format!("--socket {}", path.display()))?;
+        .with_context(|| format!("--socket {}", path.display()))?
+        .switch(cfg.mac, args.max_guests.into(), args.isolate);
     let pcap = match &args.stack.pcap {
         Some(p) => Some(Pcap::create(p).with_context(|| format!("--pcap {}", p.display()))?),
         None => None,
