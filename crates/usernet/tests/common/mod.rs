@@ -478,12 +478,16 @@ impl Boot {
         qemu.push("console=ttyS0 quiet panic=-1".into());
         qemu.extend(extra.iter().map(Into::into));
         let mut cmd = match nic {
-            Nic::Stream(socket) => {
+            Nic::Stream(socket) | Nic::Switch { socket, .. } => {
                 let mut netdev =
                     std::ffi::OsString::from("stream,id=n0,server=off,addr.type=unix,addr.path=");
                 netdev.push(socket);
                 qemu.extend(["-netdev".into(), netdev]);
-                qemu.extend(["-device".into(), "virtio-net-pci,netdev=n0".into()]);
+                let device = match nic {
+                    Nic::Switch { mac, .. } => format!("virtio-net-pci,netdev=n0,mac={mac}"),
+                    _ => "virtio-net-pci,netdev=n0".into(),
+                };
+                qemu.extend(["-device".into(), device.into()]);
                 let mut cmd = Command::new(&qemu[0]);
                 cmd.args(&qemu[1..]);
                 cmd
@@ -521,6 +525,14 @@ impl Boot {
 pub enum Nic<'a> {
     /// To usernet's socket (`-netdev stream`).
     Stream(&'a Path),
+    /// To usernet's socket with this MAC (one of several guests on its
+    /// switch).
+    Switch {
+        /// usernet's socket.
+        socket: &'a Path,
+        /// The NIC's MAC, e.g. `52:54:00:00:00:0a`.
+        mac: &'a str,
+    },
     /// QEMU's own `-nic user,OPTIONS`, with `libslirp.so.0` loaded from
     /// `lib_dir` (`LD_LIBRARY_PATH`), in a private mount namespace where
     /// `/etc/resolv.conf` is `resolv_conf`; `args` go to QEMU as well.

@@ -1,0 +1,206 @@
+//! Issue 14: several QEMU guests on one socket, a port each of usernet's
+//! virtual switch. Two real guests at once: distinct leases (one pinned
+//! with `--dhcp-host`), ping between them over IPv4 and IPv6, a 4 MiB TCP
+//! transfer from one to the other with matching SHA-256, both reaching the
+//! host; one disconnects and comes back with the same MAC and gets the same
+//! lease while the other keeps running; a third client beyond
+//! `--max-guests` is refused; `--isolate` keeps the guests apart but not
+//! from the host.
+//!
+//! Guests boot in parallel, as few times as the checks allow. Run through
+//! `scripts/test.sh`, which provides the guest and the network namespace.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Guest, Nic, SCENARIO_OK, Usernet, lease};
+
+/// Generous: TCG boots take ~4 s each, slower with two at once.
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+const MAC_A: &str = "52:54:00:00:00:0a";
+const MAC_B: &str = "52:54:00:00:00:0b";
+/// B's SLAAC address in fec0::/64 (EUI-64 of `MAC_B`).
+const B6: &str = "fec0::5054:ff:fe00:b";
+/// Pinned to B with `--dhcp-host`.
+const B4: &str = "10.0.2.20";
+/// What A asks for on its first boot (so that getting it again on the
+/// second, without asking, shows the lease was kept by MAC).
+const A4: &str = "10.0.2.30";
+
+/// Lease without asking for anything.
+const UDHCPC: &str = "udhcpc -i eth0 -n -q -t 5 -T 2";
+
+/// Waits up to ~10 s for a usable SLAAC address on eth0.
+const WAIT_SLAAC: &str = "i=0
+while ! ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+";
+
+/// A TCP echo server on host loopback for `n` connections; its port.
+fn echo_server(n: usize) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let port = l.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for c in l.incoming().take(n) {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut buf = [0u8; 256];
+            if let Ok(k) = c.read(&mut buf) {
+                let _ = c.write_all(&buf[..k]);
+            }
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    });
+    port
+}
+
+/// The value of the first `key=VALUE` line in the console.
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+/// Boots a guest with `mac` on `socket`; its console.
+fn boot(socket: &std::path::Path, mac: &str, scenario: &str) -> String {
+    let nic = Nic::Switch { socket, mac };
+    Guest::run_on(&nic, scenario, &[], TIMEOUT, &mut |_| {})
+}
+
+/// Waits until the log shows `n` lines containing `what`.
+fn wait_log(un: &Usernet, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while un.log().matches(what).count() < n {
+        assert!(Instant::now() < deadline, "no {n}× {what:?}:\n{}", un.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_guests_on_one_switch() {
+    let pin = format!("{MAC_B}={B4}");
+    let mut un = Usernet::spawn(&["--max-guests", "2", "--dhcp-host", &pin]);
+    let port = echo_server(2);
+    let a1 = format!(
+        "{UDHCPC} -r {A4}
+{WAIT_SLAAC}
+i=0; while ! ping -c 1 -W 1 {B4} >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i+1)); done
+ping -c 3 -W 2 {B4} && echo ping4=ok
+i=0; while ! ping -6 -c 1 -W 1 {B6} >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done
+ping -6 -c 3 -W 2 {B6} && echo ping6=ok
+echo host=$(echo hello-a | timeout 10 socat - TCP:10.0.2.2:{port})
+dd if=/dev/urandom of=/tmp/f bs=1M count=4 2>/dev/null
+echo sent_sha=$(sha256sum /tmp/f | cut -d' ' -f1)
+i=0; while ! timeout 60 socat -u OPEN:/tmp/f TCP:{B4}:5000 && [ $i -lt 40 ]; do sleep 0.5; i=$((i+1)); done
+echo sent=$i
+"
+    );
+    let a2 = format!(
+        "{UDHCPC}
+i=0; while ! echo hello-again | timeout 5 socat - TCP:{B4}:5001 && [ $i -lt 40 ]; do sleep 0.5; i=$((i+1)); done
+echo again_sent=$i
+"
+    );
+    let b = format!(
+        "{UDHCPC}
+{WAIT_SLAAC}
+echo host=$(echo hello-b | timeout 10 socat - TCP:10.0.2.2:{port})
+timeout 120 socat -u TCP-LISTEN:5000,reuseaddr CREATE:/tmp/r
+echo recv_sha=$(sha256sum /tmp/r | cut -d' ' -f1)
+echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
+"
+    );
+    let socket = un.socket().to_path_buf();
+    let (out_a1, out_a2, out_b) = thread::scope(|s| {
+        let guest_b = s.spawn(|| boot(&socket, MAC_B, &b));
+        let guest_a = s.spawn(|| {
+            let first = boot(&socket, MAC_A, &a1);
+            let second = boot(&socket, MAC_A, &a2);
+            (first, second)
+        });
+        // Both connected: a third client is refused, the two keep going.
+        wait_log(&un, "guest connected", 2);
+        let mut extra = UnixStream::connect(&socket).expect("connect a third client");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        let refused = extra.read(&mut byte);
+        assert!(
+            matches!(refused, Ok(0)),
+            "the third client was not closed: {refused:?}\n{}",
+            un.log()
+        );
+        let (a1, a2) = guest_a.join().expect("guest A");
+        (a1, a2, guest_b.join().expect("guest B"))
+    });
+    let log = un.log();
+    let ctx = format!("A1:\n{out_a1}\nA2:\n{out_a2}\nB:\n{out_b}\nusernet log:\n{log}");
+    assert!(log.contains("guest refused: --max-guests 2"), "{ctx}");
+    assert_eq!(
+        lease(&out_b).get("ip").map(String::as_str),
+        Some(B4),
+        "{ctx}"
+    );
+    assert_eq!(
+        lease(&out_a1).get("ip").map(String::as_str),
+        Some(A4),
+        "{ctx}"
+    );
+    assert_eq!(
+        lease(&out_a2).get("ip").map(String::as_str),
+        Some(A4),
+        "same MAC, same lease after reconnecting: {ctx}"
+    );
+    assert!(out_a1.contains("ping4=ok"), "{ctx}");
+    assert!(out_a1.contains("ping6=ok"), "{ctx}");
+    assert_eq!(field(&out_a1, "host"), Some("hello-a"), "{ctx}");
+    assert_eq!(field(&out_b, "host"), Some("hello-b"), "{ctx}");
+    let sent = field(&out_a1, "sent_sha").expect("A's hash");
+    assert_eq!(sent.len(), 64, "{ctx}");
+    assert_eq!(field(&out_b, "recv_sha"), Some(sent), "{ctx}");
+    assert_eq!(field(&out_b, "again"), Some("hello-again"), "{ctx}");
+    for out in [&out_a1, &out_a2, &out_b] {
+        assert!(out.contains(SCENARIO_OK), "{ctx}");
+    }
+    assert!(log.matches("guest disconnected").count() >= 2, "{ctx}");
+    un.assert_running();
+}
+
+#[test]
+fn isolate_keeps_guests_apart_but_not_from_the_host() {
+    let pin = format!("{MAC_B}={B4}");
+    let un = Usernet::spawn(&["--isolate", "--dhcp-host", &pin]);
+    let port = echo_server(2);
+    let scenario = |me: &str, peer: &str| {
+        format!(
+            "{UDHCPC}
+ping -c 1 -W 2 10.0.2.2 >/dev/null && echo gw=ok
+echo host=$(echo hello-{me} | timeout 10 socat - TCP:10.0.2.2:{port})
+ok=0; i=0; while [ $i -lt 8 ]; do ping -c 1 -W 1 {peer} >/dev/null 2>&1 && ok=$((ok+1)); i=$((i+1)); done
+echo peer=$ok
+"
+        )
+    };
+    let socket = un.socket().to_path_buf();
+    let (a, b) = thread::scope(|s| {
+        let a = s.spawn(|| boot(&socket, MAC_A, &scenario("a", B4)));
+        let b = s.spawn(|| boot(&socket, MAC_B, &scenario("b", "10.0.2.15")));
+        (a.join().expect("A"), b.join().expect("B"))
+    });
+    let ctx = format!("A:\n{a}\nB:\n{b}\nusernet log:\n{}", un.log());
+    assert_eq!(
+        lease(&a).get("ip").map(String::as_str),
+        Some("10.0.2.15"),
+        "{ctx}"
+    );
+    for (me, out) in [("a", &a), ("b", &b)] {
+        assert!(out.contains("gw=ok"), "{ctx}");
+        assert_eq!(field(out, "host"), Some(&*format!("hello-{me}")), "{ctx}");
+        assert_eq!(field(out, "peer"), Some("0"), "{ctx}");
+    }
+}
