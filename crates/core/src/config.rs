@@ -1012,6 +1012,21 @@ mod tests {
             Ok("[::1]:5353".parse().expect("a"))
         );
         assert!(parse_dns_upstream("resolver").is_err());
+        let pin: DhcpHost = "52:54:00:00:00:0b=10.0.2.20".parse().expect("valid");
+        assert_eq!(pin.mac, [0x52, 0x54, 0, 0, 0, 0x0b]);
+        assert_eq!(pin.addr, Ipv4Addr::new(10, 0, 2, 20));
+        assert!("52:54:00:00:0b=10.0.2.20".parse::<DhcpHost>().is_err());
+        assert!("52:54:00:00:00:0b=fec0::1".parse::<DhcpHost>().is_err());
+        assert!("52:54:00:00:00:0b".parse::<DhcpHost>().is_err());
+        let mut c = Config::default();
+        c.dhcp_hosts = vec![pin];
+        assert_eq!(c.validate(), Ok(()));
+        for bad in ["52:54:00:00:00:0b=10.0.2.2", "52:54:00:00:00:0c=10.0.3.1"] {
+            c.dhcp_hosts = vec![bad.parse().expect("parses")];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.dhcp_hosts = vec![pin, "52:54:00:00:00:0c=10.0.2.20".parse().expect("parses")];
+        assert!(c.validate().is_err(), "one address, two MACs");
         let h: DnsHost = "Foo.Test.=10.0.2.9".parse().expect("valid");
         assert_eq!(h.name, "foo.test");
     }

@@ -812,6 +812,34 @@ mod tests {
     }
 
     #[test]
+    fn pinned_addresses_go_to_their_mac_only() {
+        use crate::config::DhcpHost;
+        let pinned = ip(10, 0, 2, 15);
+        let cfg = Config {
+            dhcp_hosts: vec![DhcpHost {
+                mac: MAC2,
+                addr: pinned,
+            }],
+            ..Config::default()
+        };
+        let mut s = Server::new(&cfg);
+        let now = Instant::now();
+        // MAC1 comes first, and asks for the pinned address: not its.
+        let d = msg(
+            MessageType::Discover,
+            MAC1,
+            Ipv4Addr::UNSPECIFIED,
+            &[DhcpOption::RequestedIpAddress(pinned)],
+        );
+        let r = s.handle(&cfg, now, MAC1, &d).expect("offer");
+        assert_eq!(decode(&r).yiaddr(), ip(10, 0, 2, 16));
+        assert_eq!(dora(&mut s, &cfg, now, MAC1).leased, Some(ip(10, 0, 2, 16)));
+        assert_eq!(dora(&mut s, &cfg, now, MAC2).leased, Some(pinned));
+        let taken = s.handle(&cfg, now, MAC1, &select(MAC1, pinned, cfg.host));
+        assert_eq!(taken.map(|r| kind(&r)), Some(MessageType::Nak));
+    }
+
+    #[test]
     fn discover_honours_a_free_requested_address() {
         let cfg = Config::default();
         let mut s = Server::new(&cfg);
