@@ -1018,8 +1018,10 @@ mod tests {
         assert!("52:54:00:00:0b=10.0.2.20".parse::<DhcpHost>().is_err());
         assert!("52:54:00:00:00:0b=fec0::1".parse::<DhcpHost>().is_err());
         assert!("52:54:00:00:00:0b".parse::<DhcpHost>().is_err());
-        let mut c = Config::default();
-        c.dhcp_hosts = vec![pin];
+        let mut c = Config {
+            dhcp_hosts: vec![pin],
+            ..Config::default()
+        };
         assert_eq!(c.validate(), Ok(()));
         for bad in ["52:54:00:00:00:0b=10.0.2.2", "52:54:00:00:00:0c=10.0.3.1"] {
             c.dhcp_hosts = vec![bad.parse().expect("parses")];
