@@ -1017,4 +1017,195 @@ mod tests {
         assert_eq!(out, encode(&[b"xyz"]));
         assert!(e.is_empty());
     }
+
+    /// A server on a fresh socket with `max` guests, its registry, and
+    /// `n` connected clients (accepted).
+    struct SwitchRig {
+        server: StreamServer,
+        poll: mio::Poll,
+        clients: Vec<std::os::unix::net::UnixStream>,
+        dir: PathBuf,
+    }
+
+    const STACK: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
+
+    fn mac(i: u8) -> [u8; 6] {
+        [0x52, 0x54, 0, 0, 0, i]
+    }
+
+    fn eth(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f
+    }
+
+    impl SwitchRig {
+        fn new(label: &str, max: usize, isolate: bool, n: usize) -> SwitchRig {
+            let dir =
+                std::env::temp_dir().join(format!("usernet-sw-{label}-{}", std::process::id()));
+            fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("s.sock");
+            let mut server = StreamServer::bind(&path, 1514)
+                .expect("bind")
+                .switch(STACK, max, isolate);
+            let poll = mio::Poll::new().expect("poll");
+            server.register(poll.registry()).expect("register");
+            let mut rig = SwitchRig {
+                server,
+                poll,
+                clients: Vec::new(),
+                dir,
+            };
+            for _ in 0..n {
+                rig.connect();
+            }
+            rig
+        }
+
+        fn connect(&mut self) -> &std::os::unix::net::UnixStream {
+            let c = std::os::unix::net::UnixStream::connect(self.server.path()).expect("connect");
+            c.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            self.server
+                .ready(self.poll.registry(), LISTENER)
+                .expect("accept");
+            self.clients.push(c);
+            self.clients.last().expect("client")
+        }
+
+        fn send(&mut self, client: usize, frames: &[Vec<u8>]) {
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            self.clients[client]
+                .write_all(&encode(&refs))
+                .expect("send");
+        }
+
+        /// One read turn of `max` frames; the frames for the stack, in order.
+        fn read(&mut self, max: usize) -> (ReadStatus, Vec<Vec<u8>>) {
+            for i in 0..self.server.ports.len() {
+                let token = Token(FIRST_CLIENT + i);
+                self.server
+                    .ready(self.poll.registry(), token)
+                    .expect("ready");
+            }
+            let mut got = Vec::new();
+            let status = self
+                .server
+                .read_frames(self.poll.registry(), max, &mut |f| got.push(f.to_vec()));
+            self.server.flush(self.poll.registry()).expect("flush");
+            (status, got)
+        }
+
+        /// The frames waiting at `client`.
+        fn received(&mut self, client: usize) -> Vec<Vec<u8>> {
+            let mut d = Decoder::new(1514);
+            let c = &mut self.clients[client];
+            loop {
+                let buf = d.read_buf();
+                match c.read(buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => d.filled(n),
+                }
+            }
+            let mut out = Vec::new();
+            drain(&mut d, &mut out);
+            out
+        }
+    }
+
+    impl Drop for SwitchRig {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn switches_between_guests_and_to_the_stack() {
+        let mut rig = SwitchRig::new("basic", 4, false, 3);
+        // A (0) broadcasts: B, C and the stack get it.
+        let bcast = eth([0xff; 6], mac(0xa), 60);
+        rig.send(0, &[bcast.clone()]);
+        let (_, to_stack) = rig.read(256);
+        assert_eq!(to_stack, vec![bcast.clone()]);
+        assert_eq!(rig.received(1), vec![bcast.clone()]);
+        assert_eq!(rig.received(2), vec![bcast]);
+        // B to A: A only, not the stack, not C.
+        let uni = eth(mac(0xa), mac(0xb), 80);
+        rig.send(1, &[uni.clone()]);
+        let (_, to_stack) = rig.read(256);
+        assert!(to_stack.is_empty());
+        assert_eq!(rig.received(0), vec![uni]);
+        assert!(rig.received(2).is_empty());
+        // A runt from C reaches no one.
+        rig.send(2, &[vec![0xff; 10]]);
+        let (_, to_stack) = rig.read(256);
+        assert!(to_stack.is_empty());
+        assert!(rig.received(0).is_empty() && rig.received(1).is_empty());
+        assert_eq!(rig.server.switch_counters().malformed, 1);
+        // The stack's frame for B goes to B.
+        let slot = rig.server.out_slot().expect("room");
+        let frame = eth(mac(0xb), STACK, 70);
+        slot[..70].copy_from_slice(&frame);
+        rig.server.commit(70);
+        rig.server.flush(rig.poll.registry()).expect("flush");
+        assert_eq!(rig.received(1), vec![frame]);
+        assert!(rig.received(0).is_empty());
+        let guests = rig.server.guests();
+        assert_eq!(guests.len(), 3);
+        assert_eq!(guests[0].mac, Some(mac(0xa)));
+        assert_eq!(guests[0].stats.frames_in, 1);
+        assert_eq!(guests[0].stats.frames_out, 1);
+        assert_eq!(guests[1].stats.bytes_out, 60 + 70);
+    }
+
+    #[test]
+    fn a_flooding_guest_gets_only_its_share_of_a_turn() {
+        let mut rig = SwitchRig::new("fair", 4, false, 2);
+        let flood: Vec<Vec<u8>> = (0..400).map(|_| eth(STACK, mac(0xa), 60)).collect();
+        rig.send(0, &flood);
+        let mine: Vec<Vec<u8>> = (0..5).map(|_| eth(STACK, mac(0xb), 61)).collect();
+        rig.send(1, &mine);
+        let (status, to_stack) = rig.read(256);
+        assert_eq!(status, ReadStatus::More);
+        let from_b = to_stack.iter().filter(|f| f.len() == 61).count();
+        assert_eq!(from_b, 5, "B's frames wait behind none of A's");
+        assert!(to_stack.len() <= 256);
+    }
+
+    #[test]
+    fn more_than_max_guests_are_refused_and_leaving_is_reported() {
+        let mut rig = SwitchRig::new("max", 2, false, 2);
+        rig.send(0, &[eth([0xff; 6], mac(0xa), 60)]);
+        rig.read(256);
+        rig.connect();
+        let mut b = [0u8; 1];
+        assert!(matches!(rig.clients[2].read(&mut b), Ok(0)), "refused");
+        assert_eq!(rig.server.refused_guests(), 1);
+        assert_eq!(rig.server.guests().len(), 2);
+        // A leaves: its MAC is reported, its port is free again.
+        rig.clients[0]
+            .shutdown(std::net::Shutdown::Both)
+            .expect("shutdown");
+        rig.read(256);
+        assert_eq!(rig.server.departed(), Some(mac(0xa)));
+        assert_eq!(rig.server.departed(), None);
+        assert_eq!(rig.server.guests().len(), 1);
+        rig.connect();
+        assert_eq!(rig.server.guests().len(), 2);
+    }
+
+    #[test]
+    fn isolated_guests_reach_only_the_stack() {
+        let mut rig = SwitchRig::new("iso", 4, true, 2);
+        let bcast = eth([0xff; 6], mac(0xa), 60);
+        rig.send(0, &[bcast.clone()]);
+        let (_, to_stack) = rig.read(256);
+        assert_eq!(to_stack, vec![bcast]);
+        assert!(rig.received(1).is_empty());
+        rig.send(1, &[eth(mac(0xa), mac(0xb), 60)]);
+        rig.read(256);
+        assert!(rig.received(0).is_empty());
+        assert_eq!(rig.server.switch_counters().isolated, 1);
+    }
 }
