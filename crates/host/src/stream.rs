@@ -1125,14 +1125,14 @@ mod tests {
         let mut rig = SwitchRig::new("basic", 4, false, 3);
         // A (0) broadcasts: B, C and the stack get it.
         let bcast = eth([0xff; 6], mac(0xa), 60);
-        rig.send(0, &[bcast.clone()]);
+        rig.send(0, std::slice::from_ref(&bcast));
         let (_, to_stack) = rig.read(256);
         assert_eq!(to_stack, vec![bcast.clone()]);
         assert_eq!(rig.received(1), vec![bcast.clone()]);
         assert_eq!(rig.received(2), vec![bcast]);
         // B to A: A only, not the stack, not C.
         let uni = eth(mac(0xa), mac(0xb), 80);
-        rig.send(1, &[uni.clone()]);
+        rig.send(1, std::slice::from_ref(&uni));
         let (_, to_stack) = rig.read(256);
         assert!(to_stack.is_empty());
         assert_eq!(rig.received(0), vec![uni]);
@@ -1199,7 +1199,7 @@ mod tests {
     fn isolated_guests_reach_only_the_stack() {
         let mut rig = SwitchRig::new("iso", 4, true, 2);
         let bcast = eth([0xff; 6], mac(0xa), 60);
-        rig.send(0, &[bcast.clone()]);
+        rig.send(0, std::slice::from_ref(&bcast));
         let (_, to_stack) = rig.read(256);
         assert_eq!(to_stack, vec![bcast]);
         assert!(rig.received(1).is_empty());
