@@ -1199,7 +1199,8 @@ impl Stack {
     }
 
     /// The guest address a forward delivers to: the configured one, else
-    /// the guest's own address of the host address's family.
+    /// the guest's own address of the host address's family (with several
+    /// guests, the one holding the first DHCP address).
     fn forward_target(&self, fwd: &HostFwd) -> SocketAddr {
         let v6_host = matches!(fwd.host.ip(), IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none());
         let ip = match fwd.guest_addr {
@@ -1207,6 +1208,11 @@ impl Stack {
             None if v6_host && self.cfg.ipv6 => {
                 let fallback = Ipv6Addr::from(u128::from(self.cfg.ipv6_net.network()) | 0x15);
                 self.guest_ip6.unwrap_or(fallback).into()
+            }
+            // QEMU's default is the first DHCP address; a guest without a
+            // lease (a static address) is found by what it sent.
+            None if self.neighbors.mac_of(self.cfg.dhcpstart.into()).is_some() => {
+                self.cfg.dhcpstart.into()
             }
             None => self.guest_ip.unwrap_or(self.cfg.dhcpstart).into(),
         };
