@@ -249,9 +249,71 @@ bench_qemu() {
         stop "$stack_pid"
     fi
 }
+# Two guests on usernet's switch: iperf3 from one guest (MAC ...:0b,
+# pinned 10.0.2.22) to the other (...:0a, pinned 10.0.2.21), never through
+# the NAT; and the stack's RSS growth per idle connected guest, once the
+# transfer is over (both guests sleeping, their flows closed).
+make_switch_initrd() {  # $1 = output
+    local d=$WORK/cpio-switch
+    rm -rf "$d"; mkdir -p "$d"
+    cat >"$d/scenario.sh" <<EOS
+udhcpc -i eth0 -O mtu -n -q -t 5 -T 2 >/dev/null 2>&1 || echo "bench: no DHCP lease"
+case \$(cat /sys/class/net/eth0/address) in
+*:0a) iperf3 -s -p 5201 -D; echo bench-g2g-server ;;
+*)  i=0; while ! ping -c 1 -W 1 10.0.2.21 >/dev/null 2>&1 && [ \$i -lt 120 ]; do i=\$((i+1)); done
+    sleep 3
+    for r in \$(seq $RUNS); do
+        timeout $((SECS + 30)) iperf3 -c 10.0.2.21 -p 5201 -t $SECS -f g 2>&1 | grep receiver | sed 's/^/bench-g2g: /'
+    done
+    echo bench-g2g-done ;;
+esac
+sleep 600
+EOS
+    chmod 755 "$d/scenario.sh"
+    cp "$GUEST/initramfs.cpio.gz" "$1"
+    (cd "$d" && echo scenario.sh | cpio -o -H newc --quiet | gzip -c) >>"$1"
+}
+bench_switch() {
+    local sock=$WORK/q-switch.sock stack_pid qa qb rss0 rss2 vals=() v i
+    rm -f "$sock"
+    bg "$USERNET" qemu --socket "$sock" --mtu "$QEMU_MTU" --dns-upstream 127.0.0.1:53 \
+        --dhcp-host 52:54:00:00:00:0a=10.0.2.21 --dhcp-host 52:54:00:00:00:0b=10.0.2.22 \
+        2>"$WORK/q-switch.log"
+    stack_pid=${PIDS[-1]}
+    for i in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+    [[ -S $sock ]] || { log "switch: no socket"; stop "$stack_pid"; return; }
+    sleep 0.5; rss0=$(rss_mib "$stack_pid")
+    for m in 0a 0b; do
+        bg qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nographic -no-reboot \
+            -kernel "$GUEST/vmlinuz" -initrd "$WORK/initrd-switch" \
+            -append "console=ttyS0 quiet panic=-1" \
+            -netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sock" \
+            -device "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:$m" \
+            </dev/null >"$WORK/console-switch-$m" 2>&1
+        [[ $m == 0a ]] && qa=${PIDS[-1]} || qb=${PIDS[-1]}
+    done
+    for i in $(seq $((10 * (90 + RUNS * (SECS + 30))))); do
+        grep -q bench-g2g-done "$WORK/console-switch-0b" 2>/dev/null && break
+        kill -0 "$qb" 2>/dev/null || break
+        sleep 0.1
+    done
+    while read -r v; do vals+=("$v"); done < <(tr -d '\r' <"$WORK/console-switch-0b" | awk '/^bench-g2g: / {for (i = 1; i < NF; i++) if ($(i+1) == "Gbits/sec") print $i}')
+    if ((${#vals[@]})); then rec usernet q_g2g "$(python3 "$TOOL" median "${vals[@]}")"
+    else rec usernet q_g2g FAIL; log "switch console: $(tr -d '\r' <"$WORK/console-switch-0b" | tail -c 400)"; fi
+    sleep 1; rss2=$(rss_mib "$stack_pid")
+    rec usernet q_rss_guest "$(python3 -c "print(f'{($rss2 - $rss0) / 2:.1f}')")"
+    stop "$qa"; stop "$qb"
+    kill -0 "$stack_pid" 2>/dev/null || log "switch: stack process died"
+    stop "$stack_pid"
+}
 if [[ -n $QSTACKS ]]; then
     make_initrd "$WORK/initrd"
     for s in $QSTACKS; do log "== QEMU guest on $s"; bench_qemu "$s"; done
+    if [[ " $QSTACKS " == *" usernet "* ]]; then
+        log "== two QEMU guests on usernet's switch"
+        make_switch_initrd "$WORK/initrd-switch"
+        bench_switch
+    fi
 fi
 ELAPSED=$(($(date +%s) - T0))
 
@@ -286,6 +348,8 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "unix socket; guest→host: iperf3 client in the guest to 10.0.2.2 (host loopback), median of $RUNS × $SECS s;"
     echo "host→guest: client on the host to a port forward on 127.0.0.1, same runs. Emulation bounds these figures."
     echo "Guest MTU as each stack's DHCP set it: usernet runs with --mtu $QEMU_MTU (passt's default), QEMU's -nic user has 1500."
+    echo "Guest→guest (usernet only: one socket, two QEMU clients on its switch): iperf3 from one test guest to the other, same runs;"
+    echo "RSS per idle guest: the growth of usernet's VmRSS from no guest to two connected idle guests (after that transfer), halved."
 } >"$WORK/meta.md"
 python3 "$TOOL" report "$RAW" "$OUT" "$WORK/meta.md"
 log "wrote $OUT (total ${ELAPSED}s of measurements)"

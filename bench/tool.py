@@ -156,6 +156,8 @@ QROWS = [
     ("q_out", "TCP throughput guest→host (iperf3 in the guest)", "Gbit/s", True),
     ("q_in", "TCP throughput host→guest (port fwd)", "Gbit/s", True),
     ("q_mtu", "Guest MTU (from the stack's DHCP)", "bytes", None),
+    ("q_g2g", "TCP throughput guest→guest (two guests on one switch)", "Gbit/s", True),
+    ("q_rss_guest", "RSS per idle connected guest", "MiB", False),
 ]
 QSTACKS = ["usernet", "qemu", "passt"]
 QNAMES = ["usernet", "QEMU -nic user", "passt"]
