@@ -100,6 +100,11 @@ pub trait Transport {
     fn rx_ready(&mut self) -> bool {
         false
     }
+    /// The guests connected now, with their traffic (a transport of
+    /// several guests; single-guest ones list none).
+    fn guests(&self) -> Vec<crate::stream::GuestPort> {
+        Vec::new()
+    }
 }
 
 /// What a [`Control`] wants after handling an event.

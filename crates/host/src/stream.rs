@@ -613,7 +613,7 @@ impl StreamServer {
                 }
             }
             Verdict::Flood { except, stack } => {
-                self.flood(now, except, frame);
+                flood(&mut self.ports, now, except, frame);
                 if stack {
                     to_stack(frame);
                 }
@@ -621,18 +621,6 @@ impl StreamServer {
             Verdict::Drop(why) => tracing::debug!(?why, port = from, "frame dropped"),
         }
         Ok(())
-    }
-
-    /// Copies `frame` to every port but `except`; a full one misses it.
-    fn flood(&mut self, now: Instant, except: Option<PortId>, frame: &[u8]) {
-        for (i, p) in self.ports.iter_mut().enumerate() {
-            if let Some(p) = p
-                && Some(i) != except
-                && !p.push(now, frame)
-            {
-                p.stats.out_dropped += 1;
-            }
-        }
     }
 
     /// Reads port `i` (taken out of `ports`) for at most `quota` frames.
@@ -685,6 +673,18 @@ impl StreamServer {
                     return (PortRead::Closed, n);
                 }
             }
+        }
+    }
+}
+
+/// Copies `frame` to every port but `except`; a full one misses it.
+fn flood(ports: &mut [Option<Port>], now: Instant, except: Option<PortId>, frame: &[u8]) {
+    for (i, p) in ports.iter_mut().enumerate() {
+        if let Some(p) = p
+            && Some(i) != except
+            && !p.push(now, frame)
+        {
+            p.stats.out_dropped += 1;
         }
     }
 }
@@ -822,16 +822,7 @@ impl Transport for StreamServer {
                             p.stats.out_dropped += 1;
                         }
                     }
-                    Verdict::Flood { except, .. } => {
-                        for (i, p) in self.ports.iter_mut().enumerate() {
-                            if let Some(p) = p
-                                && Some(i) != except
-                                && !p.push(now, frame)
-                            {
-                                p.stats.out_dropped += 1;
-                            }
-                        }
-                    }
+                    Verdict::Flood { except, .. } => flood(&mut self.ports, now, except, frame),
                     Verdict::Stack | Verdict::Drop(_) => {}
                 }
                 &self.stage[..len]
@@ -866,6 +857,10 @@ impl Transport for StreamServer {
 
     fn departed(&mut self) -> Option<[u8; 6]> {
         self.departed.pop_front()
+    }
+
+    fn guests(&self) -> Vec<GuestPort> {
+        StreamServer::guests(self)
     }
 
     /// A guest's frame waits for a port that has room now (or is gone).
