@@ -9,57 +9,42 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr,
 };
-use usernet_core::testing::{Behaviour, FakeHost, guest_udp, parse_tcp, parse_udp};
-use usernet_core::{Config, Stack};
+use usernet_core::Config;
+use usernet_core::testing::{Behaviour, Harness, guest_udp, parse_tcp, parse_udp};
 
 const A: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x0a]);
 const B: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x0b]);
 const A4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const B4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
 
-struct Rig {
-    stack: Stack,
-    host: FakeHost,
-    now: Instant,
-}
+/// The shared harness, recording, with a host that echoes datagrams.
+struct Rig(Harness);
 
 impl Rig {
     fn new(cfg: Config) -> Rig {
-        let now = Instant::now();
-        let host = FakeHost::new(Behaviour {
+        let echo = Behaviour {
             udp_echo: true,
             ..Behaviour::default()
-        });
-        let mut rig = Rig {
-            stack: Stack::new(cfg, now),
-            host,
-            now,
         };
-        rig.stack.start(&mut rig.host).expect("start");
-        rig
+        let mut h = Harness::new(cfg, echo, Instant::now());
+        h.record = true;
+        Rig(h)
     }
 
     fn frame(&mut self, f: &[u8]) {
-        self.stack.handle_frame(self.now, f, &mut self.host);
+        self.0.frame(f);
     }
 
     /// Delivers the host's events, then returns every frame for the guests.
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        for ev in self.host.pending_events() {
-            self.stack.handle_host(self.now, ev, &mut self.host);
-        }
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; self.stack.config().max_frame()];
-        while let Some(n) = self.stack.poll_frame(self.now, &mut buf, &mut self.host) {
-            out.push(buf[..n].to_vec());
-            assert!(out.len() < 1000, "runaway output");
-        }
-        out
+        self.0.deliver();
+        self.0.drain();
+        self.0.take_output()
     }
 
     /// Guest `mac` at `ip` sends a datagram to the gateway's echo port.
     fn udp_from(&mut self, mac: EthernetAddress, ip: Ipv4Addr, sport: u16) {
-        let cfg = self.stack.config().clone();
+        let cfg = self.0.stack.config().clone();
         let src = SocketAddr::new(ip.into(), sport);
         let f = guest_udp(&cfg, mac, src, "10.0.2.2:7".parse().expect("addr"), b"hi");
         self.frame(&f);
@@ -118,7 +103,8 @@ fn a_port_forward_with_a_guest_address_reaches_that_guest() {
     rig.udp_from(B, B4, 1000);
     rig.udp_from(A, A4, 1000);
     rig.drain();
-    rig.host
+    rig.0
+        .host
         .pending_accept
         .push_back("127.0.0.1:50000".parse().expect("addr"));
     let out = rig.drain();
@@ -156,19 +142,19 @@ fn a_guest_leaving_takes_only_its_flows() {
     rig.udp_from(A, A4, 1001);
     rig.udp_from(B, B4, 1000);
     rig.drain();
-    assert_eq!(rig.stack.flow_count(), 3);
-    assert_eq!(rig.stack.addresses_of(A.0), vec![IpAddr::from(A4)]);
-    rig.stack.guest_gone(A.0, &mut rig.host);
-    assert_eq!(rig.stack.flow_count(), 1, "B's flow stays");
-    assert!(rig.stack.addresses_of(A.0).is_empty());
-    assert_eq!(rig.stack.addresses_of(B.0), vec![IpAddr::from(B4)]);
+    assert_eq!(rig.0.stack.flow_count(), 3);
+    assert_eq!(rig.0.stack.addresses_of(A.0), vec![IpAddr::from(A4)]);
+    rig.0.stack.guest_gone(A.0, &mut rig.0.host);
+    assert_eq!(rig.0.stack.flow_count(), 1, "B's flow stays");
+    assert!(rig.0.stack.addresses_of(A.0).is_empty());
+    assert_eq!(rig.0.stack.addresses_of(B.0), vec![IpAddr::from(B4)]);
     // B still gets its replies.
     rig.udp_from(B, B4, 1000);
     let out = rig.drain();
     assert_eq!(out.len(), 1);
     assert_eq!(dst_mac(&out[0]), B);
     // The last guest leaving resets the link.
-    rig.stack.guest_gone(B.0, &mut rig.host);
-    assert_eq!(rig.stack.flow_count(), 0);
-    assert_eq!(rig.stack.guest_addresses(), (None, None, None));
+    rig.0.stack.guest_gone(B.0, &mut rig.0.host);
+    assert_eq!(rig.0.stack.flow_count(), 0);
+    assert_eq!(rig.0.stack.guest_addresses(), (None, None, None));
 }
