@@ -437,6 +437,25 @@ mod tests {
     }
 
     #[test]
+    fn switch_options() {
+        let args = ["usernet", "qemu", "--socket", "/tmp/u.sock"];
+        let q = |extra: &[&str]| match parse(args.iter().chain(extra)) {
+            Ok(Cli {
+                command: Command::Qemu(q),
+                ..
+            }) => Some((q.max_guests, q.isolate)),
+            _ => None,
+        };
+        assert_eq!(q(&[]), Some((16, false)));
+        assert_eq!(q(&["--max-guests", "2", "--isolate"]), Some((2, true)));
+        assert_eq!(q(&["--max-guests", "0"]), None);
+        assert_eq!(q(&["--max-guests", "255"]), None);
+        let pinned = qemu(&["--dhcp-host", "52:54:00:00:00:0b=10.0.2.20"]).expect("valid");
+        assert_eq!(pinned.dhcp_host.len(), 1);
+        assert!(qemu(&["--dhcp-host", "52:54:00:00:00:0b"]).is_err());
+    }
+
+    #[test]
     fn defaults_are_qemus() {
         let args = qemu(&[]).expect("parses");
         let c = args.config(|| vec!["192.0.2.1:53".parse().expect("addr")]);
