@@ -13,7 +13,11 @@
 //! 4. frames for the guest are polled with [`Stack::poll_frame`] straight
 //!    into the transport's output buffer while it has room (at most
 //!    [`MAX_FRAMES_PER_TURN`]) and written out. A full buffer stops the
-//!    polling (back-pressure) until the guest socket is writable again.
+//!    polling (back-pressure) until the guest socket is writable again;
+//! 5. guests that left a transport of several (the stream socket's switch)
+//!    are reported by MAC to [`Stack::guest_gone`], and a transport holding
+//!    frames for room it now has ([`Transport::rx_ready`]) is read again
+//!    next turn without waiting.
 //!
 //! Since polling is edge-triggered, a side cut short by the per-turn bound
 //! is remembered and the next wait does not block, so neither direction can

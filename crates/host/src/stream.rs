@@ -331,7 +331,7 @@ pub struct PortStats {
     /// Bytes of those frames.
     pub bytes_out: u64,
     /// Frames for the guest dropped: its output was full (broadcasts, or
-    /// stalled for [`STALL`]).
+    /// stalled for a second).
     pub out_dropped: u64,
 }
 
@@ -729,7 +729,7 @@ impl Transport for StreamServer {
     }
 
     /// Reads the ports in turn, starting one further each call, each for
-    /// at most its share of `max` (and [`MIN_PORT_QUOTA`]): a guest that
+    /// at most its share of `max` (at least 16 frames): a guest that
     /// floods gets its share, the others theirs. Never `Closed`: guests
     /// that left are reported by [`Transport::departed`].
     fn read_frames(
@@ -774,7 +774,7 @@ impl Transport for StreamServer {
     /// With one guest, its output buffer (no copy); with several, a
     /// staging buffer switched on [`Transport::commit`]. `None` while a
     /// guest's output is full (back-pressure), unless it has been full for
-    /// [`STALL`]: then frames for it are dropped instead.
+    /// a second: then frames for it are dropped instead.
     fn out_slot(&mut self) -> Option<&mut [u8]> {
         let now = Instant::now();
         let mut live = self
