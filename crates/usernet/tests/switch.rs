@@ -3,7 +3,8 @@
 //! with `--dhcp-host`), ping between them over IPv4 and IPv6, a 4 MiB TCP
 //! transfer from one to the other with matching SHA-256, both reaching the
 //! host; one disconnects and comes back with the same MAC and gets the same
-//! lease while the other keeps running; a third client beyond
+//! lease while the other keeps running; a port forward naming one guest's
+//! address reaches that guest; a third client beyond
 //! `--max-guests` is refused; `--isolate` keeps the guests apart but not
 //! from the host.
 //!
@@ -83,7 +84,12 @@ fn wait_log(un: &Usernet, what: &str, n: usize) {
 #[test]
 fn two_guests_on_one_switch() {
     let pin = format!("{MAC_B}={B4}");
-    let mut un = Usernet::spawn(&["--max-guests", "2", "--dhcp-host", &pin]);
+    let fwd_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let fwd = format!("tcp:127.0.0.1:{fwd_port}-{B4}:7000");
+    let mut un = Usernet::spawn(&["--max-guests", "2", "--dhcp-host", &pin, "--hostfwd", &fwd]);
     let port = echo_server(2);
     let a1 = format!(
         "{UDHCPC} -r {A4}
@@ -107,6 +113,7 @@ echo again_sent=$i
     );
     let b = format!(
         "{UDHCPC}
+socat TCP-LISTEN:7000,fork SYSTEM:'echo from-b' &
 {WAIT_SLAAC}
 echo host=$(echo hello-b | timeout 10 socat - TCP:10.0.2.2:{port})
 timeout 120 socat -u TCP-LISTEN:5000,reuseaddr CREATE:/tmp/r
@@ -115,7 +122,7 @@ echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
 "
     );
     let socket = un.socket().to_path_buf();
-    let (out_a1, out_a2, out_b) = thread::scope(|s| {
+    let (out_a1, out_a2, out_b, forwarded) = thread::scope(|s| {
         let guest_b = s.spawn(|| boot(&socket, MAC_B, &b));
         let guest_a = s.spawn(|| {
             let first = boot(&socket, MAC_A, &a1);
@@ -135,12 +142,30 @@ echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
             "the third client was not closed: {refused:?}\n{}",
             un.log()
         );
+        // A forward naming B's address reaches B (not A).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let forwarded = loop {
+            let mut got = String::new();
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", fwd_port)) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = c.read_to_string(&mut got);
+            }
+            if got.contains("from-b") || Instant::now() > deadline {
+                break got;
+            }
+            thread::sleep(Duration::from_millis(500));
+        };
         let (a1, a2) = guest_a.join().expect("guest A");
-        (a1, a2, guest_b.join().expect("guest B"))
+        (a1, a2, guest_b.join().expect("guest B"), forwarded)
     });
     let log = un.log();
     let ctx = format!("A1:\n{out_a1}\nA2:\n{out_a2}\nB:\n{out_b}\nusernet log:\n{log}");
     assert!(log.contains("guest refused: --max-guests 2"), "{ctx}");
+    assert_eq!(
+        forwarded.trim(),
+        "from-b",
+        "--hostfwd to B's address: {ctx}"
+    );
     assert_eq!(
         lease(&out_b).get("ip").map(String::as_str),
         Some(B4),
