@@ -308,8 +308,12 @@ pub const MAX_GUESTS_LIMIT: usize = 0xfe;
 /// `--max-guests`'s default.
 pub const DEFAULT_MAX_GUESTS: usize = 16;
 
-/// Output frames buffered for each guest before back-pressure.
-const OUT_FRAMES: usize = 32;
+/// Output buffered for each guest before back-pressure: this many bytes,
+/// and at least [`OUT_FRAMES`] whole frames (a guest's unread output at
+/// MTU 65520 is then 1 MiB; at 1500, 256 KiB holding 172 frames).
+const OUT_BYTES: usize = 256 * 1024;
+/// See [`OUT_BYTES`].
+const OUT_FRAMES: usize = 16;
 
 /// The fewest frames a port may read per turn, however many ports share
 /// the turn's budget.
@@ -579,7 +583,10 @@ impl StreamServer {
             self.ports[i] = Some(Port {
                 stream,
                 decoder: Decoder::new(self.max_frame),
-                encoder: Encoder::new(self.max_frame, OUT_FRAMES),
+                encoder: Encoder::new(
+                    self.max_frame,
+                    (OUT_BYTES / (HEADER_LEN + self.max_frame)).max(OUT_FRAMES),
+                ),
                 readable: true,
                 waiting_on: None,
                 full_since: None,
@@ -718,7 +725,11 @@ impl Transport for StreamServer {
         if token == LISTENER {
             return self.accept(registry);
         }
-        if let Some(Some(p)) = self.ports.get_mut(token.0 - FIRST_CLIENT) {
+        if let Some(Some(p)) = token
+            .0
+            .checked_sub(FIRST_CLIENT)
+            .and_then(|i| self.ports.get_mut(i))
+        {
             p.readable = true;
         }
         Ok(())
