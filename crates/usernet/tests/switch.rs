@@ -6,7 +6,9 @@
 //! lease while the other keeps running; a port forward naming one guest's
 //! address reaches that guest; a third client beyond
 //! `--max-guests` is refused; `--isolate` keeps the guests apart but not
-//! from the host.
+//! from the host; one guest's 8 MiB upload completes while the other
+//! floods the gateway with UDP. Transfers end with an answer from the far
+//! end, so no guest powers off with data still in its send buffer.
 //!
 //! Guests boot in parallel, as few times as the checks allow. Run through
 //! `scripts/test.sh`, which provides the guest and the network namespace.
@@ -15,6 +17,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -101,14 +105,14 @@ ping -6 -c 3 -W 2 {B6} && echo ping6=ok
 echo host=$(echo hello-a | timeout 10 socat - TCP:10.0.2.2:{port})
 dd if=/dev/urandom of=/tmp/f bs=1M count=4 2>/dev/null
 echo sent_sha=$(sha256sum /tmp/f | cut -d' ' -f1)
-i=0; while ! timeout 60 socat -u OPEN:/tmp/f TCP:{B4}:5000 && [ $i -lt 40 ]; do sleep 0.5; i=$((i+1)); done
-echo sent=$i
+i=0; ack=; while [ \"$ack\" != got ] && [ $i -lt 40 ]; do ack=$(timeout 60 socat -t 30 - TCP:{B4}:5000 </tmp/f); [ \"$ack\" = got ] || sleep 0.5; i=$((i+1)); done
+echo ack=$ack
 "
     );
     let a2 = format!(
         "{UDHCPC}
-i=0; while ! echo hello-again | timeout 5 socat - TCP:{B4}:5001 && [ $i -lt 40 ]; do sleep 0.5; i=$((i+1)); done
-echo again_sent=$i
+i=0; ack=; while [ \"$ack\" != got ] && [ $i -lt 40 ]; do ack=$(echo hello-again | timeout 10 socat -t 5 - TCP:{B4}:5001); [ \"$ack\" = got ] || sleep 0.5; i=$((i+1)); done
+echo again_ack=$ack
 "
     );
     let b = format!(
@@ -116,9 +120,10 @@ echo again_sent=$i
 socat TCP-LISTEN:7000,fork SYSTEM:'echo from-b' &
 {WAIT_SLAAC}
 echo host=$(echo hello-b | timeout 10 socat - TCP:10.0.2.2:{port})
-timeout 120 socat -u TCP-LISTEN:5000,reuseaddr CREATE:/tmp/r
+timeout 120 socat TCP-LISTEN:5000,reuseaddr SYSTEM:'cat >/tmp/r; echo got'
 echo recv_sha=$(sha256sum /tmp/r | cut -d' ' -f1)
-echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
+timeout 120 socat TCP-LISTEN:5001,reuseaddr SYSTEM:'cat >/tmp/again; echo got'
+echo again=$(cat /tmp/again)
 "
     );
     let socket = un.socket().to_path_buf();
@@ -189,6 +194,8 @@ echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
     assert_eq!(sent.len(), 64, "{ctx}");
     assert_eq!(field(&out_b, "recv_sha"), Some(sent), "{ctx}");
     assert_eq!(field(&out_b, "again"), Some("hello-again"), "{ctx}");
+    assert_eq!(field(&out_a1, "ack"), Some("got"), "{ctx}");
+    assert_eq!(field(&out_a2, "again_ack"), Some("got"), "{ctx}");
     for out in [&out_a1, &out_a2, &out_b] {
         assert!(out.contains(SCENARIO_OK), "{ctx}");
     }
@@ -196,28 +203,102 @@ echo again=$(timeout 120 socat -u TCP-LISTEN:5001,reuseaddr -)
     un.assert_running();
 }
 
+/// A TCP sink on host loopback for one connection: its port, and a handle
+/// giving the bytes it read and when the first and last came.
+fn sink() -> (u16, thread::JoinHandle<(usize, Option<(Instant, Instant)>)>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let port = l.local_addr().expect("addr").port();
+    let t = thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else {
+            return (0, None);
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+        let (mut total, mut span) = (0, None::<(Instant, Instant)>);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = c.read(&mut buf) {
+            total += n;
+            let now = Instant::now();
+            span = Some((span.map_or(now, |s| s.0), now));
+        }
+        // Tell the guest how much arrived, so it does not power off with
+        // data still in its send buffer.
+        let _ = c.write_all(total.to_string().as_bytes());
+        (total, span)
+    });
+    (port, t)
+}
+
+/// A UDP socket on host loopback counting what arrives for up to `secs`,
+/// or until `stop`: its port, and a handle giving the arrival times.
+fn flood_counter(secs: u64, stop: Arc<AtomicBool>) -> (u16, thread::JoinHandle<Vec<Instant>>) {
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let port = u.local_addr().expect("addr").port();
+    u.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let t = thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < end && !stop.load(Ordering::Relaxed) && seen.len() < 1_000_000 {
+            if u.recv(&mut buf).is_ok() {
+                seen.push(Instant::now());
+            }
+        }
+        seen
+    });
+    (port, t)
+}
+
+/// With `--isolate`, the guests cannot reach each other but each reaches
+/// the host; and while one floods the gateway with UDP as fast as it can,
+/// the other's 8 MiB TCP upload to the host still completes.
 #[test]
 fn isolate_keeps_guests_apart_but_not_from_the_host() {
     let pin = format!("{MAC_B}={B4}");
     let un = Usernet::spawn(&["--isolate", "--dhcp-host", &pin]);
     let port = echo_server(2);
-    let scenario = |me: &str, peer: &str| {
+    let (sink_port, sink) = sink();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flood_port, flood) = flood_counter(150, stop.clone());
+    let common = |me: &str| {
         format!(
             "{UDHCPC}
 ping -c 1 -W 2 10.0.2.2 >/dev/null && echo gw=ok
 echo host=$(echo hello-{me} | timeout 10 socat - TCP:10.0.2.2:{port})
-ok=0; i=0; while [ $i -lt 8 ]; do ping -c 1 -W 1 {peer} >/dev/null 2>&1 && ok=$((ok+1)); i=$((i+1)); done
+"
+        )
+    };
+    let pings = |peer: &str| {
+        format!(
+            "ok=0; i=0; while [ $i -lt 8 ]; do ping -c 1 -W 1 {peer} >/dev/null 2>&1 && ok=$((ok+1)); i=$((i+1)); done
 echo peer=$ok
 "
         )
     };
+    let a = format!(
+        "{}{}echo upload=$(dd if=/dev/zero bs=1M count=8 2>/dev/null | timeout 90 socat -t 30 - TCP:10.0.2.2:{sink_port})\n",
+        common("a"),
+        pings(B4)
+    );
+    let b = format!(
+        "{}(timeout 25 socat -u -b 1024 /dev/zero UDP:10.0.2.2:{flood_port}; echo flood=done) &\n{}wait\n",
+        common("b"),
+        pings("10.0.2.15")
+    );
     let socket = un.socket().to_path_buf();
     let (a, b) = thread::scope(|s| {
-        let a = s.spawn(|| boot(&socket, MAC_A, &scenario("a", B4)));
-        let b = s.spawn(|| boot(&socket, MAC_B, &scenario("b", "10.0.2.15")));
+        let a = s.spawn(|| boot(&socket, MAC_A, &a));
+        let b = s.spawn(|| boot(&socket, MAC_B, &b));
         (a.join().expect("A"), b.join().expect("B"))
     });
-    let ctx = format!("A:\n{a}\nB:\n{b}\nusernet log:\n{}", un.log());
+    stop.store(true, Ordering::Relaxed);
+    let (bytes, span) = sink.join().expect("sink");
+    let flood = flood.join().expect("flood counter");
+    let ctx = format!(
+        "A:\n{a}\nB:\n{b}\nsink: {bytes} bytes\nflood: {} datagrams\nusernet log:\n{}",
+        flood.len(),
+        un.log()
+    );
     assert_eq!(
         lease(&a).get("ip").map(String::as_str),
         Some("10.0.2.15"),
@@ -228,4 +309,13 @@ echo peer=$ok
         assert_eq!(field(out, "host"), Some(&*format!("hello-{me}")), "{ctx}");
         assert_eq!(field(out, "peer"), Some("0"), "{ctx}");
     }
+    assert_eq!(bytes, 8 << 20, "{ctx}");
+    assert_eq!(
+        field(&a, "upload"),
+        Some(&*(8usize << 20).to_string()),
+        "{ctx}"
+    );
+    let (first, last) = span.expect("the upload arrived");
+    let during = flood.iter().filter(|t| (first..=last).contains(t)).count();
+    assert!(during > 0, "B did not flood during A's upload: {ctx}");
 }
