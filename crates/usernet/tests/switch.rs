@@ -203,11 +203,11 @@ echo again=$(cat /tmp/again)
     un.assert_running();
 }
 
-/// A TCP sink on host loopback for one connection: its port, and a handle
-/// giving the bytes it read and when the first and last came.
 /// What [`sink`] read: bytes, and when the first and last came.
 type Sunk = (usize, Option<(Instant, Instant)>);
 
+/// A TCP sink on host loopback for one connection: its port, and a handle
+/// giving the bytes it read and when the first and last came.
 fn sink() -> (u16, thread::JoinHandle<Sunk>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
     let port = l.local_addr().expect("addr").port();
