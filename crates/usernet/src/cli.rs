@@ -426,7 +426,7 @@ where
         // clap prints the whole help for a missing mode; one line will do.
         clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         | clap::error::ErrorKind::MissingSubcommand => CliError::Usage(
-            "usernet: a mode is required (qemu, ns, attach, slirp4netns); try --help".to_owned(),
+            "usernet: a mode (qemu, ns, attach, slirp4netns) or a command (flows, guests, stats) is required; try --help".to_owned(),
         ),
         _ => CliError::Usage(one_line(&e)),
     })
