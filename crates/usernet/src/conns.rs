@@ -1,7 +1,9 @@
 //! One-request connections served from the event loop without ever
 //! blocking it: the socket side shared by the API socket
 //! ([`crate::control::ApiServer`]) and the metrics exporter
-//! ([`crate::metrics_server::MetricsServer`]).
+//! ([`crate::metrics_server::MetricsServer`]). A [`Server`] is a listener,
+//! its [`Conns`] and a [`Handler`] that turns a complete request into a
+//! reply; it is the event loop's [`Control`].
 //!
 //! # Theory of operation
 //! Each accepted stream is non-blocking and registered for reading and
@@ -24,7 +26,11 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use mio::event::Source;
+use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Registry, Token};
+use usernet_core::Stack;
+use usernet_host::sockets::MioPoller;
+use usernet_host::{Control, Flow, Sockets};
 
 /// How long a connection may take from accept to the end of its reply.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +88,22 @@ impl<S: Stream> Conns<S> {
     /// Whether `token` is one of the connections' (or the base's).
     pub fn owns(&self, token: Token) -> bool {
         (self.base.0..=self.base.0 + self.max).contains(&token.0)
+    }
+
+    /// Takes on every stream `accept` has for us, until it would block.
+    pub fn accept_all(&mut self, registry: &Registry, mut accept: impl FnMut() -> io::Result<S>) {
+        let now = Instant::now();
+        loop {
+            match accept() {
+                Ok(stream) => self.add(registry, stream, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // e.g. EMFILE: the listener stays, the next event retries.
+                    tracing::warn!("{}: accept: {e}", self.what);
+                    return;
+                }
+            }
+        }
     }
 
     /// Takes on an accepted stream (evicting the oldest if full).
@@ -213,5 +235,100 @@ impl<S: Stream> Conns<S> {
             tracing::debug!("{}: connection timed out", self.what);
             self.close(registry, token);
         }
+    }
+}
+
+/// A listening socket of streams: mio's unix and TCP listeners.
+pub trait Listener: Source {
+    /// What it accepts.
+    type Stream: Stream;
+    /// Accepts one stream.
+    fn accept_stream(&self) -> io::Result<Self::Stream>;
+}
+
+impl Listener for UnixListener {
+    type Stream = mio::net::UnixStream;
+    fn accept_stream(&self) -> io::Result<Self::Stream> {
+        self.accept().map(|(s, _)| s)
+    }
+}
+
+impl Listener for TcpListener {
+    type Stream = mio::net::TcpStream;
+    fn accept_stream(&self) -> io::Result<Self::Stream> {
+        self.accept().map(|(s, _)| s)
+    }
+}
+
+/// What a [`Server`] does with its requests.
+pub trait Handler {
+    /// Whether the bytes read so far are a whole request (the size bound
+    /// and the client's end of stream also end it).
+    fn is_complete(&self, request: &[u8]) -> bool;
+    /// The reply to a request.
+    fn reply(
+        &mut self,
+        request: &[u8],
+        stack: &mut Stack,
+        sockets: &mut Sockets<MioPoller>,
+    ) -> Vec<u8>;
+}
+
+/// A listener served in the event loop: see the module doc.
+pub struct Server<L: Listener, H> {
+    listener: L,
+    token: Token,
+    conns: Conns<L::Stream>,
+    /// What answers the requests.
+    handler: H,
+}
+
+impl<L: Listener, H: Handler> Server<L, H> {
+    /// Serves `listener` with `handler`: the listener's token is `token`,
+    /// its connections' the next `max`; requests of at most `max_request`
+    /// bytes; `what` names it in logs.
+    pub fn new(
+        listener: L,
+        (token, max, max_request): (Token, usize, usize),
+        what: &'static str,
+        handler: H,
+    ) -> Self {
+        Server {
+            listener,
+            token,
+            conns: Conns::new(token, max, max_request, what),
+            handler,
+        }
+    }
+}
+
+impl<L: Listener, H: Handler> Control for Server<L, H> {
+    fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(&mut self.listener, self.token, Interest::READABLE)
+    }
+
+    fn owns(&self, token: Token) -> bool {
+        self.conns.owns(token)
+    }
+
+    fn ready(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        stack: &mut Stack,
+        sockets: &mut Sockets<MioPoller>,
+    ) -> Flow {
+        if token == self.token {
+            let listener = &self.listener;
+            self.conns.accept_all(registry, || listener.accept_stream());
+            return Flow::Continue;
+        }
+        let handler = &self.handler;
+        let complete = |b: &[u8]| handler.is_complete(b);
+        if let Some(request) = self.conns.ready(registry, token, Instant::now(), complete) {
+            let reply = self.handler.reply(&request, stack, sockets);
+            self.conns.reply(registry, token, reply);
+        }
+        Flow::Continue
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mio::net::{UnixListener, UnixStream};
+use mio::net::UnixListener;
 use mio::{Interest, Registry, Token};
 use usernet_core::Stack;
 use usernet_core::config::HostFwd;
@@ -24,7 +24,7 @@ use usernet_host::sockets::MioPoller;
 use usernet_host::{Control, DRIVER_TOKEN_BASE, Flow, Sockets};
 
 use crate::api::{self, Api, Forwarder, Snapshot};
-use crate::conns::Conns;
+use crate::conns::{Handler, Server};
 
 const BASE: usize = DRIVER_TOKEN_BASE as usize;
 /// The API listener's token; connections use the next [`MAX_CONNS`].
@@ -67,10 +67,11 @@ pub fn snapshot(stack: &Stack, now: Instant) -> Snapshot {
 }
 
 /// The slirp4netns-compatible API socket.
-pub struct ApiServer {
-    listener: UnixListener,
+pub type ApiServer = Server<UnixListener, ApiHandler>;
+
+/// The API's state, and the socket file to remove when done.
+pub struct ApiHandler {
     path: PathBuf,
-    conns: Conns<UnixStream>,
     api: Api,
 }
 
@@ -80,69 +81,35 @@ impl ApiServer {
     pub fn bind(path: &Path, default_guest: std::net::Ipv4Addr) -> io::Result<ApiServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        Ok(ApiServer {
-            listener,
+        let handler = ApiHandler {
             path: path.to_owned(),
-            conns: Conns::new(API_LISTENER, MAX_CONNS, api::MAX_REQUEST, "api"),
             api: Api::new(default_guest),
-        })
-    }
-
-    fn accept(&mut self, registry: &Registry) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.conns.add(registry, stream, Instant::now()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("api: accept: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads what `token`'s client sent; answers once the request is
-    /// complete.
-    fn serve(&mut self, registry: &Registry, token: Token, fw: &mut dyn Forwarder) {
-        let now = Instant::now();
-        let Some(request) = self.conns.ready(registry, token, now, api::is_complete) else {
-            return;
         };
-        tracing::debug!("api: request {}", String::from_utf8_lossy(&request));
-        let reply = self.api.handle(&request, fw);
-        self.conns.reply(registry, token, reply);
+        let limits = (API_LISTENER, MAX_CONNS, api::MAX_REQUEST);
+        Ok(Server::new(listener, limits, "api", handler))
     }
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Control for ApiServer {
-    fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.register(&mut self.listener, API_LISTENER, Interest::READABLE)
+impl Handler for ApiHandler {
+    fn is_complete(&self, request: &[u8]) -> bool {
+        api::is_complete(request)
     }
 
-    fn owns(&self, token: Token) -> bool {
-        self.conns.owns(token)
-    }
-
-    fn ready(
+    fn reply(
         &mut self,
-        registry: &Registry,
-        token: Token,
+        request: &[u8],
         stack: &mut Stack,
         sockets: &mut Sockets<MioPoller>,
-    ) -> Flow {
-        if token == API_LISTENER {
-            self.accept(registry);
-        } else {
-            let mut fw = StackForwarder { stack, sockets };
-            self.serve(registry, token, &mut fw);
-        }
-        Flow::Continue
+    ) -> Vec<u8> {
+        tracing::debug!("api: request {}", String::from_utf8_lossy(request));
+        self.api
+            .handle(request, &mut StackForwarder { stack, sockets })
+    }
+}
+
+impl Drop for ApiHandler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

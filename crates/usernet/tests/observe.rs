@@ -238,6 +238,32 @@ fn hostile_clients(sock: &Path, metrics: SocketAddr) {
     drop((slow, idle, idle_http));
 }
 
+/// Waits until the TCP flow has its reply and the ping and UDP are
+/// answered; `log` (which may panic itself) is shown if they never are.
+fn wait_for_flows(sock: &Path, timeout: Duration, log: &mut dyn FnMut() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let flows = ask(sock, "list_flows");
+        let answered = |p, key: &str, n: u64| {
+            flows_of(&flows, p)
+                .iter()
+                .any(|f| f["to_guest"][key].as_u64() >= Some(n))
+        };
+        if answered("tcp", "bytes", REPLY_BYTES as u64)
+            && answered("udp", "packets", 1)
+            && answered("icmp", "packets", 1)
+        {
+            return;
+        }
+        let text = log();
+        assert!(
+            Instant::now() < deadline,
+            "flows never came up: {flows}\n{text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `usernet flows|guests|stats ARGS` and returns its stdout, checking
 /// it succeeded.
 fn show(cmd: &str, sock: &Path, json: bool) -> String {
@@ -407,29 +433,7 @@ wait
     let mut proc = Proc(child);
     let read_log = || std::fs::read_to_string(dir.join("usernet.log")).unwrap_or_default();
     wait_for_socket(&sock, &read_log);
-    // Until the TCP flow has its reply and the ping and UDP are answered.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let flows = ask(&sock, "list_flows");
-        let ready = flows_of(&flows, "tcp")
-            .iter()
-            .any(|f| f["to_guest"]["bytes"] == REPLY_BYTES)
-            && flows_of(&flows, "udp")
-                .iter()
-                .any(|f| f["to_guest"]["packets"] == 1)
-            && flows_of(&flows, "icmp")
-                .iter()
-                .any(|f| f["to_guest"]["packets"].as_u64() >= Some(1));
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "flows never came up: {flows}\n{}",
-            read_log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_flows(&sock, Duration::from_secs(30), &mut || read_log());
     check_everything(&sock, metrics, tcp_port, udp.port(), "10.0.2.100");
     std::fs::write(&done, b"").expect("done");
     let status = common::wait_timeout(&mut proc.0, Duration::from_secs(30));
@@ -465,29 +469,10 @@ wait
     );
     let socket = un.socket().to_owned();
     let guest = thread::spawn(move || Guest::run(&socket, &scenario, Duration::from_secs(120)));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let flows = ask(&sock, "list_flows");
-        let ready = flows_of(&flows, "tcp")
-            .iter()
-            .any(|f| f["to_guest"]["bytes"] == REPLY_BYTES)
-            && flows_of(&flows, "udp")
-                .iter()
-                .any(|f| f["to_guest"]["packets"] == 1)
-            && flows_of(&flows, "icmp")
-                .iter()
-                .any(|f| f["to_guest"]["packets"].as_u64() >= Some(1));
-        if ready {
-            break;
-        }
+    wait_for_flows(&sock, Duration::from_secs(90), &mut || {
         un.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "flows never came up: {flows}\n{}",
-            un.log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+        un.log()
+    });
     check_everything(&sock, metrics, tcp_port, udp.port(), "10.0.2.15");
     let console = guest.join().expect("guest");
     assert!(console.contains("2 packets received"), "{console}");
