@@ -47,6 +47,25 @@ fn holding_server() -> (u16, thread::JoinHandle<()>) {
     (port, h)
 }
 
+/// Flows in the namespace test beyond the three it looks at: enough for
+/// a `list_flows` reply (~300 bytes a flow) to overflow a unix socket's
+/// buffer (~200 KiB) even if half of them are lost, so that a client that never reads it keeps usernet from
+/// finishing the write.
+const MANY_FLOWS: usize = 2000;
+
+/// A Python program sending one datagram from each of [`MANY_FLOWS`]
+/// sockets (one flow each) to the gateway's `port`.
+fn many_udp_flows(port: u16) -> String {
+    format!(
+        "import socket, time
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range({MANY_FLOWS})]
+for i, s in enumerate(socks):
+    s.sendto(b\"x\", (\"10.0.2.2\", {port}))
+    if i % 100 == 99: time.sleep(0.02)
+print(\"sent\", len(socks))"
+    )
+}
+
 /// Puts 192.0.2.7 on this (the test's own) network namespace's loopback.
 fn ping_target() {
     assert_isolated_netns();
@@ -56,10 +75,20 @@ fn ping_target() {
         .status();
 }
 
+/// The start of a long text for a failure message (a `list_flows` reply
+/// of the namespace test runs to 600 KB).
+fn brief(text: &dyn std::fmt::Display) -> String {
+    let text = text.to_string();
+    match text.char_indices().nth(2000) {
+        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], text.len()),
+        None => text,
+    }
+}
+
 /// An API request's reply, parsed.
 fn ask(sock: &Path, cmd: &str) -> Value {
     let reply = api(sock, &format!(r#"{{"execute": "{cmd}"}}"#));
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{cmd}: {e}: {reply}"))
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{cmd}: {e}: {}", brief(&reply)))
 }
 
 /// The flows of `proto` in a `list_flows` reply.
@@ -141,13 +170,20 @@ fn check_metrics_agree(sock: &Path, addr: SocketAddr) -> BTreeMap<String, f64> {
         }
         for p in ["tcp", "udp", "icmp"] {
             let key = format!("usernet_open_flows{{proto={p}}}");
-            assert_eq!(m.get(&key), Some(&count(&before, p)), "{key}: {m:?}");
+            assert_eq!(
+                m.get(&key),
+                Some(&count(&before, p)),
+                "{key}: {}",
+                brief(&format!("{m:?}"))
+            );
         }
         // Counters only grow: the scrape is at least what stats said.
         let counters = stats["return"]["counters"].as_object().expect("counters");
         for (name, v) in counters {
             let key = format!("usernet_{name}_total{{}}");
-            let scraped = *m.get(&key).unwrap_or_else(|| panic!("no {key}: {m:?}"));
+            let scraped = *m
+                .get(&key)
+                .unwrap_or_else(|| panic!("no {key}: {}", brief(&format!("{m:?}"))));
             assert!(
                 scraped >= v.as_f64().expect("number"),
                 "{key} {scraped} < {v}"
@@ -258,7 +294,8 @@ fn wait_for_flows(sock: &Path, timeout: Duration, log: &mut dyn FnMut() -> Strin
         let text = log();
         assert!(
             Instant::now() < deadline,
-            "flows never came up: {flows}\n{text}"
+            "flows never came up: {}\n{text}",
+            brief(&flows)
         );
         thread::sleep(Duration::from_millis(100));
     }
@@ -287,7 +324,7 @@ fn check_everything(sock: &Path, metrics: SocketAddr, tcp_port: u16, udp_port: u
         .into_iter()
         .filter(|f| f["remote_port"] == tcp_port && f["state"] == "established")
         .collect();
-    assert_eq!(tcp.len(), 1, "{flows}");
+    assert_eq!(tcp.len(), 1, "{}", brief(&flows));
     let t = tcp[0];
     assert_eq!(t["guest_addr"], guest, "{t}");
     assert_eq!(t["remote_addr"], "10.0.2.2", "{t}");
@@ -302,14 +339,16 @@ fn check_everything(sock: &Path, metrics: SocketAddr, tcp_port: u16, udp_port: u
     assert!(
         udp.iter()
             .any(|f| f["remote_port"] == udp_port && f["to_guest"]["packets"] == 1),
-        "{flows}"
+        "{}",
+        brief(&flows)
     );
     let icmp = flows_of(&flows, "icmp");
     assert!(
         icmp.iter().any(
             |f| f["remote_addr"] == "192.0.2.7" && f["to_guest"]["packets"].as_u64() >= Some(1)
         ),
-        "{flows}"
+        "{}",
+        brief(&flows)
     );
 
     let guests = ask(sock, "list_guests");
@@ -406,11 +445,13 @@ fn ns_flows_stats_and_metrics() {
         "(echo hello; while [ ! -e {done} ]; do sleep 0.1; done) | socat -u - TCP:10.0.2.2:{tcp_port} &
 echo ping | socat -u - UDP:10.0.2.2:{udp} &
 busybox ping -c 2 -W 5 192.0.2.7
+/usr/bin/python3 -c '{many}'
 for i in $(seq 600); do [ -e {done} ] && break; sleep 0.1; done
 wait
 ",
         done = done.display(),
         udp = udp.port(),
+        many = many_udp_flows(udp.port()),
     );
     let log = std::fs::File::create(dir.join("usernet.log")).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_usernet"))
@@ -434,6 +475,17 @@ wait
     let read_log = || std::fs::read_to_string(dir.join("usernet.log")).unwrap_or_default();
     wait_for_socket(&sock, &read_log);
     wait_for_flows(&sock, Duration::from_secs(30), &mut || read_log());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Half of them will do (a burst from the namespace may lose some in
+    // the tap's queue before usernet reads them).
+    loop {
+        let n = flows_of(&ask(&sock, "list_flows"), "udp").len();
+        if n > MANY_FLOWS / 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} UDP flows\n{}", read_log());
+        thread::sleep(Duration::from_millis(100));
+    }
     check_everything(&sock, metrics, tcp_port, udp.port(), "10.0.2.100");
     std::fs::write(&done, b"").expect("done");
     let status = common::wait_timeout(&mut proc.0, Duration::from_secs(30));
