@@ -222,62 +222,70 @@ pub struct Field {
 }
 
 impl Counters {
-    /// Every counter, in declaration order (a new counter is added here
-    /// too: the API and the metrics list exactly these).
+    /// Every counter, in declaration order (a new counter must be added
+    /// here too, which the build enforces: the API and the metrics list
+    /// exactly these).
     pub fn fields(&self) -> [Field; 12] {
+        // No `..`: a new counter fails to build here until it is listed.
+        let Counters {
+            frames_in,
+            frames_out,
+            malformed,
+            ignored,
+            flows_refused,
+            flows_evicted,
+            fragments,
+            tcp_no_flow,
+            policy_refused,
+            egress_refused,
+            out_dropped,
+            tcp_dropped,
+        } = *self;
         let f = |name, help, value| Field { name, help, value };
         [
-            f(
-                "frames_in",
-                "Frames received from the guest",
-                self.frames_in,
-            ),
-            f("frames_out", "Frames sent to the guest", self.frames_out),
-            f(
-                "malformed",
-                "Guest frames dropped as malformed",
-                self.malformed,
-            ),
+            f("frames_in", "Frames received from the guest", frames_in),
+            f("frames_out", "Frames sent to the guest", frames_out),
+            f("malformed", "Guest frames dropped as malformed", malformed),
             f(
                 "ignored",
                 "Guest frames dropped as not for us or unsupported",
-                self.ignored,
+                ignored,
             ),
             f(
                 "flows_refused",
                 "Flows refused because the flow table was full",
-                self.flows_refused,
+                flows_refused,
             ),
             f(
                 "flows_evicted",
                 "Flows evicted to make room for a new one",
-                self.flows_evicted,
+                flows_evicted,
             ),
-            f("fragments", "IP fragments dropped", self.fragments),
+            f("fragments", "IP fragments dropped", fragments),
             f(
                 "tcp_no_flow",
                 "TCP segments matching no flow, answered with a reset",
-                self.tcp_no_flow,
+                tcp_no_flow,
             ),
             f(
                 "policy_refused",
                 "Flows refused by policy (e.g. host loopback disabled)",
-                self.policy_refused,
+                policy_refused,
             ),
             f(
                 "egress_refused",
                 "Flows refused by --restrict, --allow or --deny",
-                self.egress_refused,
+                egress_refused,
             ),
             f(
                 "out_dropped",
                 "Frames to the guest dropped because the output queue was full",
-                self.out_dropped,
+                out_dropped,
             ),
             f(
                 "tcp_dropped",
                 "Guest TCP segments dropped (the guest retransmits them)",
-                self.tcp_dropped,
+                tcp_dropped,
             ),
         ]
     }
