@@ -38,6 +38,8 @@ dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev) # for connloop
 # Debian's libslirp and its header: the reference crates/libslirp's
 # exports and layouts are compared with.
 dpkg -s libslirp-dev >/dev/null 2>&1 || need+=(libslirp-dev)
+# The Prometheus text parser tests/observe.rs checks --metrics with.
+dpkg -s python3-prometheus-client >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${need[*]} (run as root to install them)"

@@ -53,6 +53,9 @@ impl Forwarder for Fake {
     fn remove(&mut self, id: usize) -> bool {
         self.fwds.get_mut(id).and_then(Option::take).is_some()
     }
+    fn snapshot(&self) -> api::Snapshot {
+        api::Snapshot::default()
+    }
 }
 
 /// Checks the shape of a reply and returns it parsed.

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use crate::host::Token;
 use crate::nat::Proto;
+use crate::stats::FlowStats;
 
 /// A flow's handle: slab index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +100,8 @@ struct Slot<T> {
     queued: bool,
     /// The flow's current eviction entry, if it may be evicted.
     evict: Option<(Evict, Instant)>,
+    /// Its traffic counts ([`Table::open_stats`]).
+    stats: Option<FlowStats>,
 }
 
 /// A bounded table of flows of type `T`.
@@ -157,6 +160,7 @@ impl<T> Table<T> {
                     scheduled: None,
                     queued: false,
                     evict: None,
+                    stats: None,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -222,9 +226,42 @@ impl<T> Table<T> {
         slot.scheduled = None;
         slot.queued = false;
         slot.evict = None;
+        slot.stats = None;
         self.free.push(id.index);
         self.index.remove(&key);
         Some((key, value))
+    }
+
+    /// Starts counting a flow's traffic (see [`crate::stats`]).
+    pub fn open_stats(&mut self, id: FlowId, stats: FlowStats) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.stats = Some(stats);
+        }
+    }
+
+    /// Counts a packet of `bytes` from the guest (`to_host`) or to it.
+    #[inline]
+    pub fn count(&mut self, id: FlowId, now: Instant, to_host: bool, bytes: usize) {
+        if let Some(s) = self.slot_mut(id).and_then(|s| s.stats.as_mut()) {
+            s.last = now;
+            if to_host {
+                s.to_host.add(bytes);
+            } else {
+                s.to_guest.add(bytes);
+            }
+        }
+    }
+
+    /// Every flow with its key and traffic counts, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Key, &T, Option<&FlowStats>)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let (key, value) = s.entry.as_ref()?;
+            let id = FlowId {
+                index: i as u32,
+                generation: s.generation,
+            };
+            Some((id, key, value, s.stats.as_ref()))
+        })
     }
 
     /// Every live flow id (for a full sweep, e.g. at link reset).

@@ -31,6 +31,7 @@ pub mod offload;
 pub mod output;
 pub mod packet;
 pub mod stack;
+pub mod stats;
 pub mod tcp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

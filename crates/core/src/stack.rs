@@ -39,6 +39,7 @@ use crate::neighbors::Neighbors;
 use crate::offload::Offload;
 use crate::output::Output;
 use crate::packet::{self, Macs};
+use crate::stats::{self, FlowInfo, FlowState, FlowStats, GuestLink, LinkStats};
 use crate::tcp::{self, Env, State, Status, TcpFlow};
 use crate::udp::{self, UdpFlow};
 use crate::{arp, dhcp, dhcpv6, dns, ndp, tftp};
@@ -185,6 +186,8 @@ pub struct Stack {
     ping_denied: bool,
     /// The TFTP server's transfers.
     tftp: tftp::Server,
+    /// The guest link's frame counts (see [`Stack::guests`]).
+    link: LinkStats,
 }
 
 /// splitmix64: a small, seedable generator for sequence numbers.
@@ -286,6 +289,7 @@ impl Stack {
             ping_denied: false,
             tftp: tftp::Server::default(),
             counters: Counters::default(),
+            link: LinkStats::default(),
             cfg,
         }
     }
@@ -429,6 +433,7 @@ impl Stack {
     /// Handles one Ethernet frame from the guest.
     pub fn handle_frame<H: HostIo>(&mut self, now: Instant, frame: &[u8], host: &mut H) {
         self.counters.frames_in += 1;
+        self.link.received(now, frame.len());
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.counters.malformed += 1;
             return;
@@ -943,6 +948,7 @@ impl Stack {
                     self.flows.remove(id);
                     return;
                 }
+                self.open_stats(id, now, Some(dst), false);
                 id
             }
         };
@@ -951,6 +957,7 @@ impl Stack {
         {
             tracing::debug!(%e, %remote, "UDP send failed");
         }
+        self.flows.count(id, now, true, payload.len());
         self.settle(id, false, host);
     }
 
@@ -982,6 +989,9 @@ impl Stack {
             };
             let status = f.on_segment(&env, id.token(), seg, host, &mut self.out);
             self.counters.tcp_dropped += f.take_dropped();
+            if !seg.payload.is_empty() {
+                self.flows.count(id, now, true, seg.payload.len());
+            }
             self.settle(id, status != Status::Open, host);
             return;
         }
@@ -1032,7 +1042,28 @@ impl Stack {
             host.close(id.token());
             return self.reset(guest, remote, seg);
         }
+        let to = match target {
+            Connect::Addr(dst) => Some(dst),
+            Connect::GuestFwd(_) => None,
+        };
+        self.open_stats(id, now, to, false);
         self.settle(id, false, host);
+    }
+
+    /// Starts counting a new flow's traffic.
+    fn open_stats(&mut self, id: FlowId, now: Instant, host: Option<SocketAddr>, inbound: bool) {
+        let mac = self.guest_mac.map(|m| m.0);
+        self.flows
+            .open_stats(id, FlowStats::new(now, host, inbound, mac));
+    }
+
+    /// Counts a frame a flow of `proto` produced for the guest (TCP: only
+    /// if it carries data).
+    fn count_to_guest(&mut self, id: FlowId, now: Instant, proto: Proto, frame: &[u8]) {
+        let payload = stats::payload_len(frame, proto);
+        if proto != Proto::Tcp || payload > 0 {
+            self.flows.count(id, now, false, payload);
+        }
     }
 
     /// Answers a segment that has no flow with a reset.
@@ -1114,9 +1145,11 @@ impl Stack {
                             }
                             return;
                         }
+                        self.open_stats(id, now, None, false);
                         id
                     }
                 };
+                self.flows.count(id, now, true, msg.len());
                 if let Some((_, Flow::Icmp(f))) = self.flows.get_mut(id)
                     && let Err(e) = f.send(id.token(), host, msg, now)
                 {
@@ -1265,6 +1298,7 @@ impl Stack {
             if let Some((_, Flow::Tcp(f))) = self.flows.get_mut(id) {
                 f.set_remote(remote);
             }
+            self.open_stats(id, now, Some(client), true);
             tracing::debug!(%client, %guest, "port forward connection");
             if self.neighbors.mac_of(guest.ip()).is_none() {
                 match guest.ip() {
@@ -1328,6 +1362,7 @@ impl Stack {
             .or_else(|| self.poll_listeners(now, buf, host))
             .or_else(|| self.poll_flows(now, buf, host))?;
         self.counters.frames_out += 1;
+        self.link.to_guest.add(n);
         Some(n)
     }
 
@@ -1344,13 +1379,14 @@ impl Stack {
                 continue;
             };
             let token = id.token();
-            let n = match flow {
-                Flow::Tcp(f) => f.produce(&env, token, host, buf),
-                Flow::Udp(f) => f.produce(&env, token, host, buf),
-                Flow::Icmp(f) => f.produce(env.macs, token, host, buf),
+            let (n, proto) = match flow {
+                Flow::Tcp(f) => (f.produce(&env, token, host, buf), Proto::Tcp),
+                Flow::Udp(f) => (f.produce(&env, token, host, buf), Proto::Udp),
+                Flow::Icmp(f) => (f.produce(env.macs, token, host, buf), Proto::Icmp),
             };
             self.settle(id, false, host);
-            if n.is_some() {
+            if let Some(len) = n {
+                self.count_to_guest(id, now, proto, buf.get(..len).unwrap_or_default());
                 return n;
             }
         }
@@ -1402,12 +1438,14 @@ impl Stack {
                         else {
                             continue;
                         };
+                        self.open_stats(id, now, Some(client), true);
                         id
                     }
                 };
                 if let Some((_, Flow::Udp(f))) = self.flows.get_mut(id) {
                     f.set_readable(now);
                 }
+                self.flows.count(id, now, false, n);
                 self.settle(id, false, host);
                 let macs = self.macs_for(guest.ip());
                 return packet::udp_in_place(
@@ -1447,6 +1485,7 @@ impl Stack {
         self.guest_ip = None;
         self.guest_ip6 = None;
         self.next_ra = None;
+        self.link = LinkStats::default();
     }
 
     /// The guest at `mac` left the switch (its QEMU disconnected): its
@@ -1515,6 +1554,34 @@ impl Stack {
                 },
             })
             .collect()
+    }
+
+    /// Every flow with its traffic counts at `now` (see [`crate::stats`]).
+    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.flows.iter().map(move |(_, key, flow, stats)| {
+            let state = match flow {
+                Flow::Tcp(f) => FlowState::Tcp(f.state),
+                _ => FlowState::Open,
+            };
+            FlowInfo::new((key.proto, key.guest, key.remote), state, stats, now)
+        })
+    }
+
+    /// The guests on the link at `now` (one stack serves one guest: at
+    /// most one, once it sent a frame).
+    pub fn guests(&self, now: Instant) -> Vec<GuestLink> {
+        let Some(since) = self.link.since else {
+            return Vec::new();
+        };
+        let (mac, ipv4, ipv6) = self.guest_addresses();
+        vec![GuestLink {
+            mac,
+            ipv4,
+            ipv6,
+            from_guest: self.link.from_guest,
+            to_guest: self.link.to_guest,
+            connected: now.saturating_duration_since(since),
+        }]
     }
 
     /// The DHCP leases bound now, as (address, client MAC).

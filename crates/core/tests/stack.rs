@@ -697,3 +697,78 @@ fn port_forwards_are_added_and_removed_at_run_time() {
     assert!(rig.host.closed.contains(&ltok));
     assert_eq!(rig.stack.hostfwds().count(), 0);
 }
+
+/// `Stack::flows` counts payload each way (TCP: data segments only) and
+/// `Stack::guests` whole frames; time since the flow opened and since its
+/// last packet come from the virtual clock; a link reset forgets the guest.
+#[test]
+fn flows_and_guests_count_traffic() {
+    use usernet_core::stats::{FlowState, Traffic};
+    let mut rig = Rig::new(Config::default());
+    assert!(
+        rig.stack.guests(rig.now).is_empty(),
+        "no guest before a frame"
+    );
+    let (tok, iss1) = established(&mut rig, 8080);
+    rig.advance(Duration::from_secs(2));
+    rig.tcp_in(gw(8080), 40000, TcpControl::Psh, 1001, Some(iss1), b"hello");
+    rig.drain();
+    let sock = rig.host.socks.get_mut(&tok).expect("sock");
+    sock.rx.extend_from_slice(b"world!");
+    rig.event(tok, true, false, false);
+    rig.drain();
+    rig.advance(Duration::from_secs(1));
+    let guest = SocketAddr::from((GUEST_IP, 40001));
+    rig.frame(&udp_frame(guest, gw(7), b"ping"));
+
+    let flows: Vec<_> = rig.stack.flows(rig.now).collect();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    let tcp = flows
+        .iter()
+        .find(|f| f.state == FlowState::Tcp(usernet_core::tcp::State::Established))
+        .expect("the TCP flow");
+    assert_eq!(tcp.remote, gw(8080));
+    assert_eq!(tcp.host, Some("127.0.0.1:8080".parse().expect("addr")));
+    assert_eq!(tcp.guest_mac, Some(GUEST_MAC.0));
+    assert_eq!(
+        tcp.to_host,
+        Traffic {
+            packets: 1,
+            bytes: 5
+        }
+    );
+    assert_eq!(
+        tcp.to_guest,
+        Traffic {
+            packets: 1,
+            bytes: 6
+        }
+    );
+    assert_eq!(tcp.age, Duration::from_secs(3));
+    assert_eq!(tcp.idle, Duration::from_secs(1));
+    let udp = flows
+        .iter()
+        .find(|f| f.state == FlowState::Open)
+        .expect("UDP");
+    assert_eq!(
+        udp.to_host,
+        Traffic {
+            packets: 1,
+            bytes: 4
+        }
+    );
+    assert_eq!((udp.age, udp.idle), (Duration::ZERO, Duration::ZERO));
+
+    let guests = rig.stack.guests(rig.now);
+    let [g] = &guests[..] else {
+        panic!("{guests:?}")
+    };
+    assert_eq!(g.mac, Some(GUEST_MAC.0));
+    let c = rig.stack.counters();
+    assert_eq!(g.from_guest.packets, c.frames_in);
+    assert_eq!(g.to_guest.packets, c.frames_out);
+    assert_eq!(g.connected, Duration::from_secs(3));
+    rig.stack.reset_link(&mut rig.host);
+    assert!(rig.stack.guests(rig.now).is_empty());
+    assert_eq!(rig.stack.flows(rig.now).count(), 0);
+}

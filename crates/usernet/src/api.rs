@@ -27,12 +27,33 @@
 //! 16 bits (70000 listens on 4464); we reject ports outside 1-65535 as bad.
 //! IPv6 forwards (`host_addr6`, `guest_addr6`) are refused as "bad
 //! arguments.host_addr", as slirp4netns does without `--enable-ipv6`.
+//!
+//! # What usernet adds: seeing inside
+//! Three read-only commands, with no arguments, each replying
+//! `{"return":{...}}` (QMP's convention, as `add_hostfwd` does):
+//! - `list_flows`: `{"return":{"flows":[FLOW...]}}`, one object per flow:
+//!   `proto` (`tcp`, `udp`, `icmp`), `direction` (`out`: the guest opened
+//!   it; `in`: a port forward), `guest_addr`, `guest_port` (ICMP: the echo
+//!   identifier), `remote_addr`, `remote_port` (as the guest sees the
+//!   peer), `host_addr` and `host_port` (only when the host side differs,
+//!   e.g. 10.0.2.2 is 127.0.0.1), `state`, `guest_mac` (or null),
+//!   `to_host` and `to_guest` (`{"packets":N,"bytes":N}`, payload; see
+//!   `usernet_core::stats`), `age_ms`, `idle_ms`;
+//! - `list_guests`: `{"return":{"guests":[{"mac":..,"ipv4":..,"ipv6":..,
+//!   "from_guest":{"frames":N,"bytes":N},"to_guest":{..},"connected_ms":N}]}}`
+//!   (addresses null until learnt);
+//! - `stats`: `{"return":{"counters":{"frames_in":N,...},"open_flows":
+//!   {"tcp":N,"udp":N,"icmp":N},"guests":N}}`, the counters
+//!   `usernet_core::Counters::fields` names.
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 use serde_json::Value;
+use usernet_core::Counters;
 use usernet_core::config::HostFwd;
 use usernet_core::host::Proto;
+use usernet_core::nat::Proto as FlowProto;
+use usernet_core::stats::{FlowInfo, GuestLink, Traffic};
 
 /// The largest request, as slirp4netns's buffer (a request this long or
 /// longer gets "too large message").
@@ -44,6 +65,206 @@ pub trait Forwarder {
     fn add(&mut self, fwd: HostFwd) -> Result<usize, String>;
     /// Removes the stack's forward `id`.
     fn remove(&mut self, id: usize) -> bool;
+    /// What the stack serves now, for `list_flows`, `list_guests` and
+    /// `stats`.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// What the stack serves at one moment: the input of the listing
+/// commands and of the metrics (`crate::metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stack's counters.
+    pub counters: Counters,
+    /// Every flow.
+    pub flows: Vec<FlowInfo>,
+    /// Every guest (one per switch port; at most one today).
+    pub guests: Vec<GuestLink>,
+}
+
+impl Snapshot {
+    /// Open flows by protocol: TCP, UDP, ICMP.
+    pub fn open_flows(&self) -> [(&'static str, usize); 3] {
+        let n = |p| self.flows.iter().filter(|f| f.proto == p).count();
+        [
+            ("tcp", n(FlowProto::Tcp)),
+            ("udp", n(FlowProto::Udp)),
+            ("icmp", n(FlowProto::Icmp)),
+        ]
+    }
+}
+
+/// A MAC as `52:54:00:12:34:56`.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// A protocol's name in replies and metrics.
+pub fn proto_name(p: FlowProto) -> &'static str {
+    match p {
+        FlowProto::Tcp => "tcp",
+        FlowProto::Udp => "udp",
+        FlowProto::Icmp => "icmp",
+    }
+}
+
+#[derive(Serialize)]
+struct Packets {
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Frames {
+    frames: u64,
+    bytes: u64,
+}
+
+impl From<Traffic> for Packets {
+    fn from(t: Traffic) -> Self {
+        Packets {
+            packets: t.packets,
+            bytes: t.bytes,
+        }
+    }
+}
+
+impl From<Traffic> for Frames {
+    fn from(t: Traffic) -> Self {
+        Frames {
+            frames: t.packets,
+            bytes: t.bytes,
+        }
+    }
+}
+
+/// An entry of `list_flows`.
+#[derive(Serialize)]
+struct FlowEntry {
+    proto: &'static str,
+    direction: &'static str,
+    guest_addr: String,
+    guest_port: u16,
+    remote_addr: String,
+    remote_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_port: Option<u16>,
+    state: &'static str,
+    guest_mac: Option<String>,
+    to_host: Packets,
+    to_guest: Packets,
+    age_ms: u128,
+    idle_ms: u128,
+}
+
+impl From<&FlowInfo> for FlowEntry {
+    fn from(f: &FlowInfo) -> Self {
+        FlowEntry {
+            proto: proto_name(f.proto),
+            direction: if f.inbound { "in" } else { "out" },
+            guest_addr: f.guest.ip().to_string(),
+            guest_port: f.guest.port(),
+            remote_addr: f.remote.ip().to_string(),
+            remote_port: f.remote.port(),
+            host_addr: f.host.map(|h| h.ip().to_string()),
+            host_port: f.host.map(|h| h.port()),
+            state: f.state.name(),
+            guest_mac: f.guest_mac.map(mac_string),
+            to_host: f.to_host.into(),
+            to_guest: f.to_guest.into(),
+            age_ms: f.age.as_millis(),
+            idle_ms: f.idle.as_millis(),
+        }
+    }
+}
+
+/// An entry of `list_guests`.
+#[derive(Serialize)]
+struct GuestEntry {
+    mac: Option<String>,
+    ipv4: Option<String>,
+    ipv6: Option<String>,
+    from_guest: Frames,
+    to_guest: Frames,
+    connected_ms: u128,
+}
+
+impl From<&GuestLink> for GuestEntry {
+    fn from(g: &GuestLink) -> Self {
+        GuestEntry {
+            mac: g.mac.map(mac_string),
+            ipv4: g.ipv4.map(|a| a.to_string()),
+            ipv6: g.ipv6.map(|a| a.to_string()),
+            from_guest: g.from_guest.into(),
+            to_guest: g.to_guest.into(),
+            connected_ms: g.connected.as_millis(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Return<T> {
+    #[serde(rename = "return")]
+    ret: T,
+}
+
+#[derive(Serialize)]
+struct Flows {
+    flows: Vec<FlowEntry>,
+}
+
+#[derive(Serialize)]
+struct Guests {
+    guests: Vec<GuestEntry>,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    counters: serde_json::Map<String, Value>,
+    open_flows: serde_json::Map<String, Value>,
+    guests: usize,
+}
+
+/// `{"return": ret}` as bytes.
+fn ret(ret: impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(&Return { ret }).unwrap_or_else(|_| error("cannot encode the reply"))
+}
+
+/// The reply to `list_flows`.
+fn list_flows(snap: &Snapshot) -> Vec<u8> {
+    ret(Flows {
+        flows: snap.flows.iter().map(FlowEntry::from).collect(),
+    })
+}
+
+/// The reply to `list_guests`.
+fn list_guests(snap: &Snapshot) -> Vec<u8> {
+    ret(Guests {
+        guests: snap.guests.iter().map(GuestEntry::from).collect(),
+    })
+}
+
+/// The reply to `stats`.
+fn stats(snap: &Snapshot) -> Vec<u8> {
+    let counters = snap
+        .counters
+        .fields()
+        .iter()
+        .map(|f| (f.name.to_owned(), Value::from(f.value)))
+        .collect();
+    let open_flows = snap
+        .open_flows()
+        .iter()
+        .map(|(p, n)| ((*p).to_owned(), Value::from(*n)))
+        .collect();
+    ret(Stats {
+        counters,
+        open_flows,
+        guests: snap.guests.len(),
+    })
 }
 
 /// One forward added through the API.
@@ -164,6 +385,9 @@ impl Api {
             "add_hostfwd" => self.add(&arg, fw),
             "list_hostfwd" => self.list(),
             "remove_hostfwd" => self.remove(int(arg("id")), fw),
+            "list_flows" => list_flows(&fw.snapshot()),
+            "list_guests" => list_guests(&fw.snapshot()),
+            "stats" => stats(&fw.snapshot()),
             _ => error("unknown execute"),
         }
     }
@@ -270,6 +494,7 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
 
     /// Records the forwards like the stack would, refusing duplicates.
     #[derive(Default)]
@@ -292,6 +517,9 @@ mod tests {
         }
         fn remove(&mut self, id: usize) -> bool {
             self.fwds.get_mut(id).and_then(Option::take).is_some()
+        }
+        fn snapshot(&self) -> Snapshot {
+            testing::snapshot()
         }
     }
 
@@ -457,6 +685,51 @@ mod tests {
         assert!(!is_complete(b"true"));
         assert!(is_complete(b"truex"));
         assert!(is_complete(b"\"x\""));
+    }
+
+    #[test]
+    fn listing_replies() {
+        let mut api = Api::new(Ipv4Addr::new(10, 0, 2, 100));
+        let mut fake = Fake::default();
+        let mut ask = |cmd: &str| {
+            let req = format!(r#"{{"execute": "{cmd}"}}"#);
+            String::from_utf8(api.handle(req.as_bytes(), &mut fake)).expect("utf-8")
+        };
+        assert_eq!(
+            ask("list_flows"),
+            concat!(
+                r#"{"return":{"flows":[{"proto":"tcp","direction":"out","guest_addr":"10.0.2.15","guest_port":40000,"#,
+                r#""remote_addr":"10.0.2.2","remote_port":8080,"host_addr":"127.0.0.1","host_port":8080,"#,
+                r#""state":"established","guest_mac":"52:54:00:12:34:56","to_host":{"packets":2,"bytes":300},"#,
+                r#""to_guest":{"packets":1,"bytes":4096},"age_ms":5000,"idle_ms":250},"#,
+                r#"{"proto":"icmp","direction":"out","guest_addr":"10.0.2.15","guest_port":7,"#,
+                r#""remote_addr":"127.0.0.1","remote_port":0,"state":"open","guest_mac":null,"#,
+                r#""to_host":{"packets":1,"bytes":64},"to_guest":{"packets":0,"bytes":0},"age_ms":1000,"idle_ms":1000}]}}"#
+            )
+        );
+        assert_eq!(
+            ask("list_guests"),
+            concat!(
+                r#"{"return":{"guests":[{"mac":"52:54:00:12:34:56","ipv4":"10.0.2.15","ipv6":null,"#,
+                r#""from_guest":{"frames":10,"bytes":1000},"to_guest":{"frames":20,"bytes":30000},"connected_ms":61000}]}}"#
+            )
+        );
+        let stats: Value = serde_json::from_str(&ask("stats")).expect("JSON");
+        assert_eq!(stats["return"]["counters"]["frames_in"], 10);
+        assert_eq!(stats["return"]["counters"]["tcp_dropped"], 0);
+        assert_eq!(
+            stats["return"]["counters"]
+                .as_object()
+                .map(serde_json::Map::len),
+            Some(Counters::default().fields().len())
+        );
+        assert_eq!(
+            stats["return"]["open_flows"],
+            serde_json::json!({"tcp": 1, "udp": 0, "icmp": 1})
+        );
+        assert_eq!(stats["return"]["guests"], 1);
+        // Arguments are ignored; unknown commands still get the error.
+        assert!(ask("list_flow").contains("unknown execute"));
     }
 
     #[test]

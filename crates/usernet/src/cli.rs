@@ -44,6 +44,23 @@ pub enum Command {
     /// used when usernet runs under the name `slirp4netns`.
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Slirp4netns(Slirp4netnsArgs),
+    /// Print a running usernet's flows (through its --api-socket).
+    Flows(ShowArgs),
+    /// Print a running usernet's guests (through its --api-socket).
+    Guests(ShowArgs),
+    /// Print a running usernet's counters (through its --api-socket).
+    Stats(ShowArgs),
+}
+
+/// `usernet flows`, `guests`, `stats`: which usernet to ask.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The API socket of the running usernet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Print the API's JSON reply as it is instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `usernet slirp4netns`: its arguments are parsed by [`crate::slirp4netns`].
@@ -219,6 +236,10 @@ pub struct StackArgs {
     /// set up.
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
+    /// listens on 127.0.0.1; other addresses only when named).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics)]
+    pub metrics: Option<SocketAddr>,
     /// `--restrict`, `--allow`, `--deny`.
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -315,6 +336,15 @@ fn parse_dir(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `--metrics`: `ADDR:PORT`, or a bare `PORT` on loopback.
+fn parse_metrics(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected PORT or ADDR:PORT (e.g. 127.0.0.1:9100)"))
+}
+
 /// QEMU's `on|off` switches.
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -409,7 +439,7 @@ where
         // clap prints the whole help for a missing mode; one line will do.
         clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         | clap::error::ErrorKind::MissingSubcommand => CliError::Usage(
-            "usernet: a mode is required (qemu, ns, attach, slirp4netns); try --help".to_owned(),
+            "usernet: a mode (qemu, ns, attach, slirp4netns) or a command (flows, guests, stats) is required; try --help".to_owned(),
         ),
         _ => CliError::Usage(one_line(&e)),
     })
@@ -531,6 +561,27 @@ mod tests {
         assert_eq!(c.host, Ipv4Addr::new(10, 1, 2, 2));
         assert_eq!(c.dns, Ipv4Addr::new(10, 1, 0, 53));
         assert_eq!(c.dhcpstart, Ipv4Addr::new(10, 1, 2, 15));
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_loopback() {
+        assert_eq!(qemu(&[]).expect("parses").metrics, None);
+        let m = |a: &str| qemu(&["--metrics", a]).expect("parses").metrics;
+        assert_eq!(m("9100"), Some("127.0.0.1:9100".parse().expect("addr")));
+        assert_eq!(
+            m("0.0.0.0:9100"),
+            Some("0.0.0.0:9100".parse().expect("addr"))
+        );
+        assert_eq!(m("[::1]:9100"), Some("[::1]:9100".parse().expect("addr")));
+        assert!(usage(&["--metrics", "localhost:1"]).contains("--metrics"));
+        let cli = parse(["usernet", "flows", "--api-socket", "/a", "--json"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Flows(a) if a.json && a.api_socket == std::path::Path::new("/a"))
+        );
+        assert!(
+            parse(["usernet", "stats"]).is_err(),
+            "--api-socket is required"
+        );
     }
 
     #[test]

@@ -2,21 +2,20 @@
 //! `--exit-fd` and `--ready-fd`, the watcher of `usernet ns`'s command,
 //! and [`Lockdown`], which enters the sandbox once set-up is done.
 //!
-//! The API socket is a non-blocking unix listener. Each accepted
-//! connection (at most [`MAX_CONNS`] at once; more are closed at once) is
-//! read until its bytes form a complete request ([`api::is_complete`]) or
-//! the client shuts down its side; the reply is then written (blocking,
-//! bounded by a one-second timeout: replies are a few hundred bytes) and
+//! The API socket is a non-blocking unix listener whose connections
+//! ([`Conns`], at most [`MAX_CONNS`] at once) are each read until their
+//! bytes form a complete request ([`api::is_complete`]) or the client shuts
+//! down its side; the reply is then written without blocking (a
+//! `list_flows` reply can be large, and a client may never read it) and
 //! the connection shut down and closed, as slirp4netns does. A request
 //! never ends the process, whatever it holds.
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
-use mio::net::{UnixListener, UnixStream};
+use mio::net::UnixListener;
 use mio::{Interest, Registry, Token};
 use usernet_core::Stack;
 use usernet_core::config::HostFwd;
@@ -24,7 +23,8 @@ use usernet_host::sandbox::Sandbox;
 use usernet_host::sockets::MioPoller;
 use usernet_host::{Control, DRIVER_TOKEN_BASE, Flow, Sockets};
 
-use crate::api::{self, Api, Forwarder};
+use crate::api::{self, Api, Forwarder, Snapshot};
+use crate::conns::{Handler, Server};
 
 const BASE: usize = DRIVER_TOKEN_BASE as usize;
 /// The API listener's token; connections use the next [`MAX_CONNS`].
@@ -52,19 +52,26 @@ impl Forwarder for StackForwarder<'_> {
     fn remove(&mut self, id: usize) -> bool {
         self.stack.remove_hostfwd(id, self.sockets)
     }
+    fn snapshot(&self) -> Snapshot {
+        snapshot(self.stack, Instant::now())
+    }
 }
 
-/// One API connection and the request bytes read so far.
-struct Conn {
-    stream: UnixStream,
-    buf: Vec<u8>,
+/// What `stack` serves at `now`, for the API and the metrics.
+pub fn snapshot(stack: &Stack, now: Instant) -> Snapshot {
+    Snapshot {
+        counters: stack.counters(),
+        flows: stack.flows(now).collect(),
+        guests: stack.guests(now),
+    }
 }
 
 /// The slirp4netns-compatible API socket.
-pub struct ApiServer {
-    listener: UnixListener,
+pub type ApiServer = Server<UnixListener, ApiHandler>;
+
+/// The API's state, and the socket file to remove when done.
+pub struct ApiHandler {
     path: PathBuf,
-    conns: HashMap<Token, Conn>,
     api: Api,
 }
 
@@ -74,125 +81,35 @@ impl ApiServer {
     pub fn bind(path: &Path, default_guest: std::net::Ipv4Addr) -> io::Result<ApiServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        Ok(ApiServer {
-            listener,
+        let handler = ApiHandler {
             path: path.to_owned(),
-            conns: HashMap::new(),
             api: Api::new(default_guest),
-        })
-    }
-
-    fn accept(&mut self, registry: &Registry) {
-        loop {
-            let (mut stream, _) = match self.listener.accept() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("api: accept: {e}");
-                    return;
-                }
-            };
-            let free = (1..=MAX_CONNS)
-                .map(|i| Token(API_LISTENER.0 + i))
-                .find(|t| !self.conns.contains_key(t));
-            let Some(token) = free else {
-                tracing::warn!("api: {MAX_CONNS} connections open; one refused");
-                continue;
-            };
-            if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
-                tracing::warn!("api: {e}");
-                continue;
-            }
-            self.conns.insert(
-                token,
-                Conn {
-                    stream,
-                    buf: Vec::new(),
-                },
-            );
-        }
-    }
-
-    /// Reads what `token`'s client sent; answers once the request is
-    /// complete.
-    fn serve(&mut self, registry: &Registry, token: Token, fw: &mut dyn Forwarder) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
         };
-        let mut eof = false;
-        let mut chunk = [0u8; 1024];
-        loop {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    let room = api::MAX_REQUEST - conn.buf.len().min(api::MAX_REQUEST);
-                    conn.buf.extend_from_slice(&chunk[..n.min(room)]);
-                    if conn.buf.len() >= api::MAX_REQUEST {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!("api: read: {e}");
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if !eof && !api::is_complete(&conn.buf) {
-            return;
-        }
-        let Some(mut conn) = self.conns.remove(&token) else {
-            return;
-        };
-        let _ = registry.deregister(&mut conn.stream);
-        tracing::debug!("api: request {}", String::from_utf8_lossy(&conn.buf));
-        let reply = self.api.handle(&conn.buf, fw);
-        // A short reply to a client waiting for it: write it blocking, with
-        // a bound, rather than keep per-connection output state.
-        let std_stream = std::os::unix::net::UnixStream::from(OwnedFd::from(conn.stream));
-        let _ = std_stream.set_nonblocking(false);
-        let _ = std_stream.set_write_timeout(Some(Duration::from_secs(1)));
-        if let Err(e) = (&std_stream).write_all(&reply) {
-            tracing::debug!("api: write: {e}");
-        }
-        let _ = std_stream.shutdown(std::net::Shutdown::Both);
+        let limits = (API_LISTENER, MAX_CONNS, api::MAX_REQUEST);
+        Ok(Server::new(listener, limits, "api", handler))
     }
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Control for ApiServer {
-    fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.register(&mut self.listener, API_LISTENER, Interest::READABLE)
+impl Handler for ApiHandler {
+    fn is_complete(&self, request: &[u8]) -> bool {
+        api::is_complete(request)
     }
 
-    fn owns(&self, token: Token) -> bool {
-        (API_LISTENER.0..=API_LISTENER.0 + MAX_CONNS).contains(&token.0)
-    }
-
-    fn ready(
+    fn reply(
         &mut self,
-        registry: &Registry,
-        token: Token,
+        request: &[u8],
         stack: &mut Stack,
         sockets: &mut Sockets<MioPoller>,
-    ) -> Flow {
-        if token == API_LISTENER {
-            self.accept(registry);
-        } else {
-            let mut fw = StackForwarder { stack, sockets };
-            self.serve(registry, token, &mut fw);
-        }
-        Flow::Continue
+    ) -> Vec<u8> {
+        tracing::debug!("api: request {}", String::from_utf8_lossy(request));
+        self.api
+            .handle(request, &mut StackForwarder { stack, sockets })
+    }
+}
+
+impl Drop for ApiHandler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

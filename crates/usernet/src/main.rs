@@ -7,7 +7,10 @@
 //!   slirp4netns 1.2's command line ([`slirp4netns`]).
 //!
 //! Any mode can serve the slirp4netns JSON API ([`api`], in the library
-//! part so it can be fuzzed, and [`control`]).
+//! part so it can be fuzzed, and [`control`]), which also lists flows,
+//! guests and counters; `usernet flows|guests|stats` ask it ([`client`]).
+//! `qemu`, `ns` and `attach` can serve Prometheus metrics
+//! ([`metrics_server`]).
 //! Every mode enters the sandbox ([`usernet_host::sandbox`]) once it is
 //! set up, just before it serves the first event ([`Lockdown`]), unless
 //! `--no-sandbox`.
@@ -19,7 +22,10 @@
 //! slirp4netns); `ns` exits with its command's status (128 + signal if it
 //! was killed). Errors are one line on stderr, starting `usernet: `.
 mod cli;
+mod client;
+mod conns;
 mod control;
+mod metrics_server;
 mod slirp4netns;
 
 use std::ffi::OsString;
@@ -46,6 +52,7 @@ use usernet_host::{limits, netns};
 
 use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
 use crate::control::{ApiServer, Lockdown, ReadyFd, StopOn};
+use crate::metrics_server::MetricsServer;
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -68,6 +75,9 @@ fn main() -> ExitCode {
         Command::Ns(args) => ns(args),
         Command::Attach(args) => attach(args),
         Command::Slirp4netns(args) => slirp4netns_main("usernet slirp4netns", &args.args),
+        Command::Flows(args) => client::run(client::Listing::Flows, &args),
+        Command::Guests(args) => client::run(client::Listing::Guests, &args),
+        Command::Stats(args) => client::run(client::Listing::Stats, &args),
     }
 }
 
@@ -164,10 +174,14 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let mut metrics = bind_metrics(args.stack.metrics)?;
     let mut lockdown = Lockdown(sandbox_for(args.stack.no_sandbox, &cfg));
     let mut controls: Vec<&mut dyn Control> = vec![&mut lockdown];
     if let Some(a) = &mut api {
         controls.push(a);
+    }
+    if let Some(m) = &mut metrics {
+        controls.push(m);
     }
     let mut stack = Stack::new(cfg, Instant::now());
     let sockets = |r| Sockets::new(MioPoller::new(r));
@@ -252,6 +266,11 @@ fn serve_tap(
     )?)
 }
 
+fn bind_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<MetricsServer>> {
+    addr.map(|a| MetricsServer::bind(a).with_context(|| format!("--metrics {a}")))
+        .transpose()
+}
+
 fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<ApiServer>> {
     path.map(|p| ApiServer::bind(p, guest).with_context(|| format!("--api-socket {}", p.display())))
         .transpose()
@@ -297,11 +316,15 @@ fn serve_ns(
     // On failure `waiting` is dropped and the command exits unrun.
     let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
     let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
+    let mut metrics = bind_metrics(args.stack.metrics)?;
     let mut child = waiting.release().context("cannot run the command")?;
     let mut watch = StopOn::child(netns::pidfd_open(child.id()).context("pidfd_open")?);
     let mut controls: Vec<&mut dyn Control> = vec![&mut watch];
     if let Some(a) = &mut api {
         controls.push(a);
+    }
+    if let Some(m) = &mut metrics {
+        controls.push(m);
     }
     // The command may be reaped and killed from inside the sandbox.
     let sandbox = sandbox_for(args.stack.no_sandbox, &cfg).map(|s| s.child(child.id()));
@@ -351,9 +374,13 @@ fn attach(args: AttachArgs) -> ExitCode {
         let link = link_config(&cfg, guest, None, true);
         let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
         let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
+        let mut metrics = bind_metrics(args.stack.metrics)?;
         let mut controls: Vec<&mut dyn Control> = Vec::new();
         if let Some(a) = &mut api {
             controls.push(a);
+        }
+        if let Some(m) = &mut metrics {
+            controls.push(m);
         }
         let sandbox = sandbox_for(args.stack.no_sandbox, &cfg);
         serve_tap(
