@@ -6,10 +6,10 @@
 #        BENCH_QUICK=1 bench/run.sh   (quick: iperf3 1 x 2 s)
 # Optional: BENCH_STACKS="usernet slirp4netns pasta",
 #           BENCH_QEMU="usernet qemu passt" (empty: skip QEMU mode),
-#           BENCH_OUT=bench/RESULTS.md
-# Pinned RR/connect rows put the client and the stack on CPU 0 and the
-# server on CPU 1 (taskset); the loopback column is the same clients
-# against the host's own loopback, measured in the same run.
+#           BENCH_OUT=bench/RESULTS.md, BENCH_USERNET=PATH (another binary),
+#           BENCH_PIN="CLIENT SERVER STACK" (CPUs of the pinned rows; "0 0 0")
+# The loopback column is the same clients against the host's own loopback,
+# measured in the same run.
 # Everything runs inside a network namespace this script creates (a veth
 # with a default route that leads nowhere), so no traffic leaves the machine.
 set -euo pipefail
@@ -51,6 +51,10 @@ GUEST=$ROOT/.cache/guest
 if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; RR_N=3000; CRR_N=1000
 else RUNS=3; SECS=5; RR_N=10000; CRR_N=2000; fi
 HOLD_N=1000
+# CPUs of the pinned rows: client, server, stack. One CPU by default: on
+# this VM a wakeup across CPUs costs ~100 µs (an IPI to a halted vCPU),
+# which would swamp what the stacks add.
+read -r PIN_CLIENT PIN_SERVER PIN_STACK <<<"${BENCH_PIN:-0 0 0}"
 PIDS=()
 STACK_PID=
 T0=$(date +%s)
@@ -138,13 +142,16 @@ cpu_ticks() {  # utime+stime of PID $1 (all threads), in clock ticks
 # Also writes the stack's CPU seconds per GB received over all runs to
 # $WORK/cpu_gb (n/a without a stack process).
 iperf_med() {
-    local vals=() r t0 t1 bytes=0 ticks=0
+    local vals=() r t0 t1 v b bytes=0 ticks=0
     for r in $(seq "$RUNS"); do
         t0=$(cpu_ticks "$STACK_PID")
-        if timeout $((SECS + 20)) "$@" -t "$SECS" -J >"$WORK/iperf.json" 2>"$WORK/iperf.err"; then
+        # (iperf3 -J exits 0 after some failures: the JSON says.)
+        if timeout $((SECS + 20)) "$@" -t "$SECS" -J >"$WORK/iperf.json" 2>"$WORK/iperf.err" &&
+            v=$(python3 "$TOOL" iperf "$WORK/iperf.json" 2>/dev/null) &&
+            b=$(python3 "$TOOL" iperf_bytes "$WORK/iperf.json" 2>/dev/null); then
             t1=$(cpu_ticks "$STACK_PID")
-            vals+=("$(python3 "$TOOL" iperf "$WORK/iperf.json")")
-            bytes=$((bytes + $(python3 "$TOOL" iperf_bytes "$WORK/iperf.json")))
+            vals+=("$v")
+            bytes=$((bytes + b))
             ticks=$((ticks + t1 - t0))
         else
             log "iperf3 failed: $(tail -c 300 "$WORK/iperf.json" "$WORK/iperf.err" | tr '\n' ' ')"
@@ -161,13 +168,13 @@ rec_tput() {
     rec "$s" "$key" "$(iperf_med "$@")"
     rec "$s" "${key/tput/cpu}" "$(cat "$WORK/cpu_gb")"
 }
-# Runs a client command pinned to CPU 0 with the stack on CPU 0 and the
-# server PID $1 on CPU 1; restores both afterwards.
+# Runs a client command pinned to CPU $PIN_CLIENT, with the stack on
+# $PIN_STACK and the server PID $1 on $PIN_SERVER; restores both afterwards.
 pinned() {
     local srv=$1; shift
-    taskset -a -p -c 1 "$srv" >/dev/null
-    [[ -n $STACK_PID ]] && taskset -a -p -c 0 "$STACK_PID" >/dev/null
-    taskset -c 0 "$@" || echo FAIL
+    taskset -a -p -c "$PIN_SERVER" "$srv" >/dev/null
+    [[ -n $STACK_PID ]] && taskset -a -p -c "$PIN_STACK" "$STACK_PID" >/dev/null
+    taskset -c "$PIN_CLIENT" "$@" || echo FAIL
     taskset -a -p -c 0-$(($(nproc) - 1)) "$srv" >/dev/null
     [[ -n $STACK_PID ]] && taskset -a -p -c 0-$(($(nproc) - 1)) "$STACK_PID" >/dev/null
     return 0
@@ -365,7 +372,7 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "ns→host: iperf3 server on the host's 127.0.0.1, client in the namespace to 10.0.2.2."
     echo "host→ns: server in the namespace, client on the host to a port forward on 127.0.0.1."
     echo "RR: $RR_N 1-byte round trips on one connection (python3 client and server, TCP_NODELAY; includes python overhead on both ends)."
-    echo "Pinned rows: client and stack on CPU 0, server on CPU 1 (taskset); unpinned rows let the scheduler choose."
+    echo "Pinned rows: client on CPU $PIN_CLIENT, server on CPU $PIN_SERVER, stack on CPU $PIN_STACK (taskset); unpinned rows let the scheduler choose."
     echo "CPU per GB: utime+stime of the stack process (/proc/PID/stat, all threads) over the iperf3 runs, per 10^9 bytes received."
     echo "loopback: the same clients straight to the servers on the host's 127.0.0.1 in the same run (the ceiling);"
     echo "usernet ÷ loopback is the share of it usernet reaches. Splice path: a forward between the host's loopback and the"

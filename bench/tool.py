@@ -125,7 +125,7 @@ def iperf(f):
 
 
 def iperf_bytes(f):
-    print(int(json.load(open(f))["end"]["sum_received"]["bytes"]))
+    print(int(json.load(open(f))["end"]["sum_received"]["bytes"]))  # KeyError: iperf3 failed
 
 
 def median(*v):

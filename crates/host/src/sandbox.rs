@@ -34,7 +34,7 @@
 //! | `connect`, `bind`, `listen`, `accept4`, `shutdown`, `close` | any | outbound connections (and `--outbound-addr`), port forwards, a QEMU client reconnecting, API clients |
 //! | `getsockopt`, `setsockopt` | any | `SO_ERROR`, `SO_SNDBUF`, `SO_PEEK_OFF`, `SO_LINGER`, `SO_REUSEADDR`, `SO_SNDTIMEO` |
 //! | `ioctl` | `TIOCOUTQ`, `FIONBIO` | a TCP socket's unsent bytes (the send window); std's `set_nonblocking` |
-//! | `fcntl` | `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL` | non-blocking, close-on-exec accepted sockets; debug builds check a descriptor before closing it |
+//! | `fcntl` | `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`; with [`Sandbox::splice`] also `F_SETPIPE_SZ` | non-blocking, close-on-exec accepted sockets; debug builds check a descriptor before closing it; growing a splice pipe |
 //! | `brk`, `munmap`, `mremap`, `madvise` | any | the allocator (`madvise`: *rare*, trimming) |
 //! | `mmap`, `mprotect` | `prot` without `PROT_EXEC` | the allocator (`mprotect`: *rare*, other threads' arenas); no new executable memory |
 //! | `futex` | any | *rare*: locks (tracing, stderr) reach the kernel only when contended |
@@ -47,8 +47,10 @@
 //! | `wait4`, `kill` | the pid of `usernet ns`'s command ([`Sandbox::child`]) | reaping the command, or killing it when usernet stops first |
 //! | `open`, `openat`, `openat2`, `fstat`, `newfstatat`, `statx`, `lseek`, `pread64` | `open`, `openat`: read-only, no `O_CREAT`/`O_TRUNC`; `openat2` unchecked (its flags sit in a struct seccomp cannot read) | only with [`Sandbox::read_files`]: a TFTP server opening its root (`open`, `O_PATH`) and a file beneath it (`openat2`, `RESOLVE_BENEATH`) |
 //! | `socket` | domain `AF_UNIX` | only with [`Sandbox::unix_sockets`]: guestfwd to a unix socket |
+//! | `splice`, `pipe2`, `recvmsg` | any | only with [`Sandbox::splice`]: the splice path's pipes, and its sockets made inside the namespace, received from the helper there (`SCM_RIGHTS`) |
 //!
-//! Not used, so not allowed: `readv`/`writev`, `recvmsg`/`sendmsg`,
+//! Not used, so not allowed: `readv`/`writev`, `sendmsg` (and `recvmsg`
+//! but for the splice path),
 //! `recvmmsg`/`sendmmsg`, `getsockname`/`getpeername`; batching I/O
 //! would add them here. `unlink` is the one call left that changes files
 //! (seccomp cannot look at a path): a subverted usernet could delete what
@@ -132,6 +134,9 @@ pub struct Sandbox {
     /// slirp4netns's `--enable-sandbox`: a new mount namespace and no
     /// capabilities.
     isolate: bool,
+    /// The splice path ([`crate::splice`]): `splice`, `pipe2`, growing
+    /// pipes, and `recvmsg` for the namespace's sockets.
+    splice: bool,
 }
 
 /// One allowed system call: any of `rules` must match (none: any
@@ -196,6 +201,15 @@ impl Sandbox {
         self
     }
 
+    /// Also allow the splice path ([`crate::splice`]): `splice`, `pipe2`,
+    /// `fcntl(F_SETPIPE_SZ)` and `recvmsg` (sockets from the namespace's
+    /// helper).
+    #[must_use]
+    pub fn splice(mut self) -> Sandbox {
+        self.splice = true;
+        self
+    }
+
     /// Also enter a new mount namespace with an empty root and drop every
     /// capability but `CAP_NET_BIND_SERVICE` (slirp4netns's
     /// `--enable-sandbox`).
@@ -227,6 +241,15 @@ impl Sandbox {
         }
         let pid = bits(std::process::id());
 
+        let mut fcntl_cmds = vec![
+            bits(libc::F_GETFD),
+            bits(libc::F_SETFD),
+            bits(libc::F_GETFL),
+            bits(libc::F_SETFL),
+        ];
+        if self.splice {
+            fcntl_cmds.push(bits(libc::F_SETPIPE_SZ));
+        }
         let mut out = vec![
             // The event loop.
             any("epoll_pwait", libc::SYS_epoll_pwait),
@@ -251,19 +274,7 @@ impl Sandbox {
                 libc::SYS_ioctl,
                 one_of(1, &[bits(libc::TIOCOUTQ), bits(libc::FIONBIO)])?,
             ),
-            with(
-                "fcntl",
-                libc::SYS_fcntl,
-                one_of(
-                    1,
-                    &[
-                        bits(libc::F_GETFD),
-                        bits(libc::F_SETFD),
-                        bits(libc::F_GETFL),
-                        bits(libc::F_SETFL),
-                    ],
-                )?,
-            ),
+            with("fcntl", libc::SYS_fcntl, one_of(1, &fcntl_cmds)?),
             // Memory.
             any("brk", libc::SYS_brk),
             with("mmap", libc::SYS_mmap, no_exec()?),
@@ -300,6 +311,13 @@ impl Sandbox {
             any("epoll_wait", libc::SYS_epoll_wait),
             any("unlink", libc::SYS_unlink),
         ]);
+        if self.splice {
+            out.extend([
+                any("splice", libc::SYS_splice),
+                any("pipe2", libc::SYS_pipe2),
+                any("recvmsg", libc::SYS_recvmsg),
+            ]);
+        }
         if let Some(child) = self.child {
             let child = bits(child);
             out.push(with("wait4", libc::SYS_wait4, one_of(0, &[child])?));
@@ -623,6 +641,7 @@ mod tests {
             .child(1)
             .read_files()
             .unix_sockets()
+            .splice()
             .allowed()
             .expect("rules");
         let mut seen = HashSet::new();
@@ -651,6 +670,10 @@ mod tests {
         ] {
             assert!(!plain.contains(&denied), "{denied} allowed by default");
         }
+        for denied in ["splice", "pipe2", "recvmsg"] {
+            assert!(!plain.contains(&denied), "{denied} allowed by default");
+        }
+        assert!(names(Sandbox::new().splice()).contains(&"splice"));
         let ns = names(Sandbox::new().child(42));
         assert!(ns.contains(&"wait4") && ns.contains(&"kill"));
         assert!(names(Sandbox::new().read_files()).contains(&"openat"));

@@ -66,6 +66,23 @@ pub struct TapArgs {
     /// Serve the slirp4netns JSON API (port forwards) on this unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Forward TCP connections to the namespace's 127.0.0.1:PORT to the
+    /// host's 127.0.0.1:HOSTPORT [default: PORT], socket to socket with
+    /// splice(2) (pasta's -T/--tcp-ns) (repeatable).
+    #[arg(long = "tcp-ns", value_name = "PORT[:HOSTPORT]", value_parser = parse_tcp_ns)]
+    pub tcp_ns: Vec<(u16, u16)>,
+}
+
+/// `--tcp-ns PORT[:HOSTPORT]`.
+fn parse_tcp_ns(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{p}' is not a port (1-65535)")),
+    };
+    match s.split_once(':') {
+        Some((ns, host)) => Ok((port(ns)?, port(host)?)),
+        None => port(s).map(|p| (p, p)),
+    }
 }
 
 impl TapArgs {
