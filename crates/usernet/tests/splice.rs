@@ -144,13 +144,12 @@ fn splice_forwards_carry_every_byte_both_ways() {
     // namespace -> host (--tcp-ns); threads spawned in the namespace's
     // thread are in the namespace too.
     let host_served = serve(host_server, 2);
-    in_netns(pid, || {
+    let all_ok = in_netns(pid, || {
         let clients: Vec<_> = (0..2)
             .map(|_| thread::spawn(move || exchange(NS_FORWARD)))
             .collect();
-        clients.into_iter().map(|c| c.join().is_ok()).all(|ok| ok)
-    })
-    .then_some(())
-    .unwrap_or_else(|| panic!("ns->host\nlog:\n{}", log()));
+        clients.into_iter().all(|c| c.join().is_ok())
+    });
+    assert!(all_ok, "ns->host\nlog:\n{}", log());
     host_served.join().expect("host server");
 }
