@@ -34,7 +34,7 @@
 //! | `connect`, `bind`, `listen`, `accept4`, `shutdown`, `close` | any | outbound connections (and `--outbound-addr`), port forwards, a QEMU client reconnecting, API clients |
 //! | `getsockopt`, `setsockopt` | any | `SO_ERROR`, `SO_SNDBUF`, `SO_PEEK_OFF`, `SO_LINGER`, `SO_REUSEADDR`, `SO_SNDTIMEO` |
 //! | `ioctl` | `TIOCOUTQ`, `FIONBIO` | a TCP socket's unsent bytes (the send window); std's `set_nonblocking` |
-//! | `fcntl` | `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`; with [`Sandbox::splice`] also `F_SETPIPE_SZ` | non-blocking, close-on-exec accepted sockets; debug builds check a descriptor before closing it; growing a splice pipe |
+//! | `fcntl` | `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL` | non-blocking, close-on-exec accepted sockets; debug builds check a descriptor before closing it |
 //! | `brk`, `munmap`, `mremap`, `madvise` | any | the allocator (`madvise`: *rare*, trimming) |
 //! | `mmap`, `mprotect` | `prot` without `PROT_EXEC` | the allocator (`mprotect`: *rare*, other threads' arenas); no new executable memory |
 //! | `futex` | any | *rare*: locks (tracing, stderr) reach the kernel only when contended |
@@ -134,8 +134,8 @@ pub struct Sandbox {
     /// slirp4netns's `--enable-sandbox`: a new mount namespace and no
     /// capabilities.
     isolate: bool,
-    /// The splice path ([`crate::splice`]): `splice`, `pipe2`, growing
-    /// pipes, and `recvmsg` for the namespace's sockets.
+    /// The splice path ([`crate::splice`]): `splice`, `pipe2`, and
+    /// `recvmsg` for the namespace's sockets.
     splice: bool,
 }
 
@@ -201,9 +201,8 @@ impl Sandbox {
         self
     }
 
-    /// Also allow the splice path ([`crate::splice`]): `splice`, `pipe2`,
-    /// `fcntl(F_SETPIPE_SZ)` and `recvmsg` (sockets from the namespace's
-    /// helper).
+    /// Also allow the splice path ([`crate::splice`]): `splice`, `pipe2`
+    /// and `recvmsg` (sockets from the namespace's helper).
     #[must_use]
     pub fn splice(mut self) -> Sandbox {
         self.splice = true;
@@ -241,15 +240,6 @@ impl Sandbox {
         }
         let pid = bits(std::process::id());
 
-        let mut fcntl_cmds = vec![
-            bits(libc::F_GETFD),
-            bits(libc::F_SETFD),
-            bits(libc::F_GETFL),
-            bits(libc::F_SETFL),
-        ];
-        if self.splice {
-            fcntl_cmds.push(bits(libc::F_SETPIPE_SZ));
-        }
         let mut out = vec![
             // The event loop.
             any("epoll_pwait", libc::SYS_epoll_pwait),
@@ -274,7 +264,19 @@ impl Sandbox {
                 libc::SYS_ioctl,
                 one_of(1, &[bits(libc::TIOCOUTQ), bits(libc::FIONBIO)])?,
             ),
-            with("fcntl", libc::SYS_fcntl, one_of(1, &fcntl_cmds)?),
+            with(
+                "fcntl",
+                libc::SYS_fcntl,
+                one_of(
+                    1,
+                    &[
+                        bits(libc::F_GETFD),
+                        bits(libc::F_SETFD),
+                        bits(libc::F_GETFL),
+                        bits(libc::F_SETFL),
+                    ],
+                )?,
+            ),
             // Memory.
             any("brk", libc::SYS_brk),
             with("mmap", libc::SYS_mmap, no_exec()?),
@@ -666,11 +668,8 @@ mod tests {
         let plain = names(Sandbox::new());
         for denied in [
             "openat", "execve", "clone", "clone3", "setns", "unshare", "mount", "ptrace", "wait4",
-            "kill",
+            "kill", "splice", "pipe2", "recvmsg",
         ] {
-            assert!(!plain.contains(&denied), "{denied} allowed by default");
-        }
-        for denied in ["splice", "pipe2", "recvmsg"] {
             assert!(!plain.contains(&denied), "{denied} allowed by default");
         }
         assert!(names(Sandbox::new().splice()).contains(&"splice"));

@@ -15,7 +15,7 @@
 //! binding, listening, accepting and connecting then work from here, inside
 //! the sandbox, which only has to allow `splice`, `pipe2` and `recvmsg`.
 //!
-//! Each joined pair has one pipe per direction. On any readiness of either
+//! Each joined pair has one pipe per direction (of the default size). On any readiness of either
 //! socket (edge-triggered), [`Splicer`] pumps both directions: `splice` from
 //! the source socket into the pipe while the pipe has room, and from the
 //! pipe into the destination socket while it takes data, until neither
@@ -57,9 +57,10 @@ pub const MAX_LISTENERS: usize = 0x100;
 const CONN_BASE: usize = LISTEN_BASE + MAX_LISTENERS;
 /// Bytes one pump of a pair moves before it yields to the rest of the loop.
 const PUMP_BUDGET: usize = 4 << 20;
-/// Requested pipe size (the kernel may grant less, e.g. over the user's
-/// pipe-pages quota; the default 64 KiB still works).
-const PIPE_SIZE: usize = 1 << 20;
+/// What a pipe is taken to hold: Linux's default (16 pages). A larger
+/// pipe (`F_SETPIPE_SZ`) measured no faster; were it smaller, a full pipe
+/// only makes the source's `splice` report "would block" early.
+const PIPE_CAP: usize = 1 << 16;
 /// Listen backlog, as for the stack's forwards.
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -90,8 +91,6 @@ struct Half {
     w: OwnedFd,
     /// Bytes in the pipe.
     queued: usize,
-    /// The pipe's capacity.
-    cap: usize,
     /// The source ended.
     eof: bool,
     /// The destination's write side is shut (the direction is done).
@@ -130,10 +129,11 @@ fn listen_on(sock: &Socket, addr: SocketAddrV4) -> io::Result<()> {
     sock.listen(LISTEN_BACKLOG)
 }
 
-/// `splice(2)` of up to `len` bytes, never blocking.
-fn splice(from: RawFd, to: RawFd, len: usize, more: bool) -> io::Result<usize> {
-    let flags =
-        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
+/// `splice(2)` of up to `len` bytes, never blocking. (No `SPLICE_F_MORE`:
+/// on a TCP socket it corks like `MSG_MORE`, and a 1-byte round trip
+/// waited for the cork's timer.)
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
     // SAFETY: splice takes two descriptors, null offsets (both are pipes or
     // sockets) and plain integers; it touches no memory of ours.
     let n = unsafe {
@@ -149,7 +149,7 @@ fn splice(from: RawFd, to: RawFd, len: usize, more: bool) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// A non-blocking, close-on-exec pipe grown to [`PIPE_SIZE`] where allowed.
+/// A non-blocking, close-on-exec pipe for one direction.
 fn pipe() -> io::Result<Half> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -158,14 +158,10 @@ fn pipe() -> io::Result<Half> {
     }
     // SAFETY: pipe2 just returned these two descriptors, owned by nobody.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETPIPE_SZ takes an int and returns the size granted or -1.
-    let granted = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as i32) };
-    let cap = usize::try_from(granted).unwrap_or(1 << 16);
     Ok(Half {
         r,
         w,
         queued: 0,
-        cap,
         eof: false,
         shut: false,
     })
@@ -178,13 +174,8 @@ impl Half {
         let mut moved = 0;
         while !self.shut && moved < budget {
             let mut progress = false;
-            if !self.eof && self.queued < self.cap {
-                match splice(
-                    src.as_raw_fd(),
-                    self.w.as_raw_fd(),
-                    self.cap - self.queued,
-                    true,
-                ) {
+            if !self.eof && self.queued < PIPE_CAP {
+                match splice(src.as_raw_fd(), self.w.as_raw_fd(), PIPE_CAP - self.queued) {
                     Ok(0) => (self.eof, progress) = (true, true),
                     Ok(n) => (self.queued, progress) = (self.queued + n, true),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -192,7 +183,7 @@ impl Half {
                 }
             }
             if self.queued > 0 {
-                match splice(self.r.as_raw_fd(), dst.as_raw_fd(), self.queued, !self.eof) {
+                match splice(self.r.as_raw_fd(), dst.as_raw_fd(), self.queued) {
                     Ok(n) => {
                         self.queued -= n.min(self.queued);
                         moved += n;
