@@ -187,15 +187,25 @@ bg python3 "$TOOL" server 127.0.0.1 7000
 HOST_ECHO=$!
 python3 "$TOOL" wait 127.0.0.1 5201 5; python3 "$TOOL" wait 127.0.0.1 7000 5
 
+# Loopback throughput is sampled before each stack too (other load comes
+# and goes); the rows get the median of the samples.
+loopback_sample() {
+    STACK_PID=
+    iperf_med iperf3 -c 127.0.0.1 -p 5201 >>"$WORK/lo_tput"
+}
+loopback_tput_rows() {
+    local v k
+    v=$(python3 "$TOOL" median $(grep -v FAIL "$WORK/lo_tput"))
+    for k in tput_out_1500 tput_in_1500 tput_out_65520 tput_in_65520 tput_splice_in tput_splice_out; do
+        rec loopback "$k" "$v"
+    done
+}
 # The baseline: the same clients against the host's own loopback.
 bench_loopback() {
     local v p
     log "== loopback"
     STACK_PID=
-    v=$(iperf_med iperf3 -c 127.0.0.1 -p 5201)
-    for k in tput_out_1500 tput_in_1500 tput_out_65520 tput_in_65520 tput_splice_in tput_splice_out; do
-        rec loopback "$k" "$v"
-    done
+    loopback_sample
     for p in 2 4; do rec loopback "tput_out_p$p" "$(iperf_med iperf3 -c 127.0.0.1 -p 5201 -P "$p")"; done
     v=$(timeout 90 python3 "$TOOL" rr 127.0.0.1 7000 $RR_N || echo FAIL)
     rec loopback rr_out "$v"; rec loopback rr_in "$v"
@@ -211,6 +221,7 @@ bench_loopback() {
 
 bench_stack() {
     local s=$1 mtu v
+    loopback_sample
     for mtu in 1500 65520; do
         log "== $s MTU $mtu"
         start_stack "$s" "$mtu" || { log "$s failed to start at MTU $mtu"; stop "$STACK_PID"; continue; }
@@ -268,6 +279,7 @@ bench_stack() {
 
 [[ -n $STACKS ]] && bench_loopback
 for s in $STACKS; do bench_stack "$s"; done
+[[ -n $STACKS ]] && loopback_tput_rows
 
 # ---- QEMU mode ----
 # The guest runs /scenario.sh (appended to the cached initramfs as a second
@@ -375,7 +387,7 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "Pinned rows: client on CPU $PIN_CLIENT, server on CPU $PIN_SERVER, stack on CPU $PIN_STACK (taskset); unpinned rows let the scheduler choose."
     echo "CPU per GB: utime+stime of the stack process (/proc/PID/stat, all threads) over the iperf3 runs, per 10^9 bytes received."
     echo "loopback: the same clients straight to the servers on the host's 127.0.0.1 in the same run (the ceiling);"
-    echo "usernet ÷ loopback is the share of it usernet reaches. Splice path: a forward between the host's loopback and the"
+    echo "Its throughput is the median of samples taken before each stack. usernet ÷ loopback is the share of it usernet reaches. Splice path: a forward between the host's loopback and the"
     echo "namespace's (usernet: --hostfwd to 127.0.0.1 and --tcp-ns; pasta: -t and -T), carried socket to socket, no tap."
     echo "Connect+close: $CRR_N sequential connect()/close() (python3). RSS: VmRSS of the stack process, idle and with $HOLD_N idle"
     echo "namespace→host connections open (the process is usernet / slirp4netns / pasta itself). Latency, connect rate and RSS at MTU 1500."
