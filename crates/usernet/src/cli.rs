@@ -528,6 +528,32 @@ mod tests {
     }
 
     #[test]
+    fn tcp_ns_takes_a_port_and_an_optional_host_port() {
+        let cli = parse([
+            "usernet",
+            "ns",
+            "--tcp-ns",
+            "8080",
+            "--tcp-ns",
+            "5432:15432",
+            "--",
+            "true",
+        ])
+        .expect("parses");
+        let Command::Ns(ns) = cli.command else {
+            panic!("not ns");
+        };
+        assert_eq!(ns.tap.tcp_ns, [(8080, 8080), (5432, 15432)]);
+        for bad in ["0", "x", "1:70000", "1:", ":2"] {
+            let err = match parse(["usernet", "ns", "--tcp-ns", bad, "--", "true"]) {
+                Err(CliError::Usage(line)) => line,
+                other => panic!("{bad}: expected a usage error, got {other:?}"),
+            };
+            assert!(err.contains("--tcp-ns") && !err.contains('\n'), "{err:?}");
+        }
+    }
+
+    #[test]
     fn verbose_is_counted_before_or_after_the_mode() {
         let cli = parse(["usernet", "-vv", "qemu", "--socket", "s"]).expect("parses");
         assert_eq!(cli.verbose, 2);
