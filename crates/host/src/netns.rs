@@ -25,6 +25,8 @@
 //! usernet holds no reference to the namespace but the tap (and, in
 //! `usernet ns`, a pidfd to see the command exit), and once in its
 //! [`crate::sandbox`] it could not enter it again (no `setns`, no `open`).
+//! The one exception is the splice path's [`NsSockets`]: a forked helper
+//! that stays inside and makes TCP sockets there on request.
 //!
 //! [`spawn_unshared`] starts `usernet ns`'s command: its child unshares
 //! user, network and mount namespaces, maps uid/gid 0 to the caller's,
