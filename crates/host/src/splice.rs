@@ -25,7 +25,7 @@
 //! destination's write side once its pipe is empty (half-close is
 //! forwarded); the pair closes when both directions are done, and resets
 //! both (`SO_LINGER` 0) on an error or a refused connect, so either end
-//! sees the other fail. A pump that moved [`PUMP_BUDGET`] bytes stops and
+//! sees the other fail. A pump that moved `PUMP_BUDGET` (4 MiB) bytes stops and
 //! re-arms its sockets (`EPOLL_CTL_MOD` reports a still-ready descriptor
 //! again), so a fast pair cannot starve the tap or other pairs.
 //!
