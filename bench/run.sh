@@ -6,7 +6,10 @@
 #        BENCH_QUICK=1 bench/run.sh   (quick: iperf3 1 x 2 s)
 # Optional: BENCH_STACKS="usernet slirp4netns pasta",
 #           BENCH_QEMU="usernet qemu passt" (empty: skip QEMU mode),
-#           BENCH_OUT=bench/RESULTS.md
+#           BENCH_OUT=bench/RESULTS.md, BENCH_USERNET=PATH (another binary),
+#           BENCH_PIN="CLIENT SERVER STACK" (CPUs of the pinned rows; "0 0 0")
+# The loopback column is the same clients against the host's own loopback,
+# measured in the same run.
 # Everything runs inside a network namespace this script creates (a veth
 # with a default route that leads nowhere), so no traffic leaves the machine.
 set -euo pipefail
@@ -30,7 +33,13 @@ if [[ "${1:-}" != --inner ]]; then
 fi
 
 # ---- inside the benchmark's own outer network namespace (the "host") ----
-USERNET="${CARGO_TARGET_DIR:-$ROOT/target}/release/usernet"
+USERNET="${BENCH_USERNET:-${CARGO_TARGET_DIR:-$ROOT/target}/release/usernet}"
+# The splice-path forwards, where this usernet has them (BENCH_USERNET may
+# name an older binary to measure a "before").
+USERNET_SPLICE=()
+if "$USERNET" attach --help | grep -q -- --tcp-ns; then
+    USERNET_SPLICE=(--hostfwd tcp:127.0.0.1:15301-127.0.0.1:5201 --tcp-ns 25201:5201)
+fi
 NS=usernet-bench-$$
 WORK=$(mktemp -d /tmp/usernet-bench.XXXXXX)
 RAW="$WORK/raw.tsv"; : >"$RAW"
@@ -39,8 +48,13 @@ QSTACKS=${BENCH_QEMU-usernet qemu passt}
 # usernet's MTU in QEMU mode: passt's default (QEMU's -nic user stays at 1500).
 QEMU_MTU=${BENCH_QEMU_MTU:-65520}
 GUEST=$ROOT/.cache/guest
-if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; else RUNS=3; SECS=5; fi
-RR_N=10000; CRR_N=2000; HOLD_N=1000
+if [[ -n "${BENCH_QUICK:-}" ]]; then RUNS=1; SECS=2; RR_N=3000; CRR_N=1000
+else RUNS=3; SECS=5; RR_N=10000; CRR_N=2000; fi
+HOLD_N=1000
+# CPUs of the pinned rows: client, server, stack. One CPU by default: on
+# this VM a wakeup across CPUs costs ~100 µs (an IPI to a halted vCPU),
+# which would swamp what the stacks add.
+read -r PIN_CLIENT PIN_SERVER PIN_STACK <<<"${BENCH_PIN:-0 0 0}"
 PIDS=()
 STACK_PID=
 T0=$(date +%s)
@@ -74,7 +88,9 @@ stop() {  # stop one PID we started
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 # Start stack $1 at MTU $2 serving a fresh namespace; forwards host
-# 127.0.0.1:15201 -> ns:5201 and 127.0.0.1:17000 -> ns:7000.
+# 127.0.0.1:15201 -> ns:5201 and 127.0.0.1:17000 -> ns:7000 through the
+# tap, and (usernet, pasta) the splice path: host 127.0.0.1:15301 -> the
+# namespace's 127.0.0.1:5201, the namespace's 127.0.0.1:25201 -> host 5201.
 start_stack() {
     local stack=$1 mtu=$2
     ip netns del "$NS" 2>/dev/null || true
@@ -85,7 +101,8 @@ start_stack() {
         bg "$USERNET" attach --netns "/run/netns/$NS" --mtu "$mtu" \
             --dns-upstream 127.0.0.1:53 \
             --hostfwd tcp:127.0.0.1:15201-10.0.2.100:5201 \
-            --hostfwd tcp:127.0.0.1:17000-10.0.2.100:7000 2>"$WORK/$stack.log"
+            --hostfwd tcp:127.0.0.1:17000-10.0.2.100:7000 \
+            "${USERNET_SPLICE[@]}" 2>"$WORK/$stack.log"
         ;;
     slirp4netns)
         bg slirp4netns --configure --mtu="$mtu" --netns-type=path \
@@ -94,7 +111,7 @@ start_stack() {
     pasta)
         bg pasta -q -f --runas 0 --netns-only --netns "/run/netns/$NS" --config-net \
             -I tap0 -a 10.0.2.100 -n 24 -g 10.0.2.2 -m "$mtu" -D 10.0.2.3 \
-            -t 15201:5201,17000:7000 -u none -T none -U none >"$WORK/$stack.log" 2>&1
+            -t 15201:5201,17000:7000,15301:5201 -u none -T 25201:5201 -U none >"$WORK/$stack.log" 2>&1
         ;;
     esac
     STACK_PID=${PIDS[-1]}
@@ -117,26 +134,94 @@ start_stack() {
     sleep 0.3
 }
 
-iperf_med() {  # label; rest = iperf3 client command prefix
-    local vals=() r
+cpu_ticks() {  # utime+stime of PID $1 (all threads), in clock ticks
+    [[ -n $1 && -r /proc/$1/stat ]] || { echo 0; return; }
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+# Median Gbit/s of $RUNS iperf3 runs (rest = iperf3 client command prefix).
+# Also writes the stack's CPU seconds per GB received over all runs to
+# $WORK/cpu_gb (n/a without a stack process).
+iperf_med() {
+    local vals=() r t0 t1 v b bytes=0 ticks=0
     for r in $(seq "$RUNS"); do
-        if timeout $((SECS + 20)) "$@" -t "$SECS" -J >"$WORK/iperf.json" 2>"$WORK/iperf.err"; then
-            vals+=("$(python3 "$TOOL" iperf "$WORK/iperf.json")")
+        t0=$(cpu_ticks "$STACK_PID")
+        # (iperf3 -J exits 0 after some failures: the JSON says.)
+        if timeout $((SECS + 20)) "$@" -t "$SECS" -J >"$WORK/iperf.json" 2>"$WORK/iperf.err" &&
+            v=$(python3 "$TOOL" iperf "$WORK/iperf.json" 2>/dev/null) &&
+            b=$(python3 "$TOOL" iperf_bytes "$WORK/iperf.json" 2>/dev/null); then
+            t1=$(cpu_ticks "$STACK_PID")
+            vals+=("$v")
+            bytes=$((bytes + b))
+            ticks=$((ticks + t1 - t0))
         else
             log "iperf3 failed: $(tail -c 300 "$WORK/iperf.json" "$WORK/iperf.err" | tr '\n' ' ')"
         fi
     done
+    if [[ -n $STACK_PID ]] && ((bytes > 0)); then
+        python3 -c "print(f'{$ticks / $(getconf CLK_TCK) / ($bytes / 1e9):.3f}')" >"$WORK/cpu_gb"
+    else echo n/a >"$WORK/cpu_gb"; fi
     if ((${#vals[@]})); then python3 "$TOOL" median "${vals[@]}"; else echo FAIL; fi
+}
+# rec's figure $2 of stack $1 from iperf_med (rest), and its CPU per GB as $2 with tput -> cpu.
+rec_tput() {
+    local s=$1 key=$2; shift 2
+    rec "$s" "$key" "$(iperf_med "$@")"
+    rec "$s" "${key/tput/cpu}" "$(cat "$WORK/cpu_gb")"
+}
+# Runs a client command pinned to CPU $PIN_CLIENT, with the stack on
+# $PIN_STACK and the server PID $1 on $PIN_SERVER; restores both afterwards.
+pinned() {
+    local srv=$1; shift
+    taskset -a -p -c "$PIN_SERVER" "$srv" >/dev/null
+    [[ -n $STACK_PID ]] && taskset -a -p -c "$PIN_STACK" "$STACK_PID" >/dev/null
+    taskset -c "$PIN_CLIENT" "$@" || echo FAIL
+    taskset -a -p -c 0-$(($(nproc) - 1)) "$srv" >/dev/null
+    [[ -n $STACK_PID ]] && taskset -a -p -c 0-$(($(nproc) - 1)) "$STACK_PID" >/dev/null
+    return 0
 }
 
 # Host-side servers (the host's loopback), shared by all stacks.
 bg iperf3 -s -B 127.0.0.1 -p 5201 >/dev/null 2>&1
 HOST_IPERF=$!
 bg python3 "$TOOL" server 127.0.0.1 7000
+HOST_ECHO=$!
 python3 "$TOOL" wait 127.0.0.1 5201 5; python3 "$TOOL" wait 127.0.0.1 7000 5
+
+# Loopback throughput is sampled before each stack too (other load comes
+# and goes); the rows get the median of the samples.
+loopback_sample() {
+    STACK_PID=
+    iperf_med iperf3 -c 127.0.0.1 -p 5201 >>"$WORK/lo_tput"
+}
+loopback_tput_rows() {
+    local v k
+    v=$(python3 "$TOOL" median $(grep -v FAIL "$WORK/lo_tput"))
+    for k in tput_out_1500 tput_in_1500 tput_out_65520 tput_in_65520 tput_splice_in tput_splice_out; do
+        rec loopback "$k" "$v"
+    done
+}
+# The baseline: the same clients against the host's own loopback.
+bench_loopback() {
+    local v p
+    log "== loopback"
+    STACK_PID=
+    loopback_sample
+    for p in 2 4; do rec loopback "tput_out_p$p" "$(iperf_med iperf3 -c 127.0.0.1 -p 5201 -P "$p")"; done
+    v=$(timeout 90 python3 "$TOOL" rr 127.0.0.1 7000 $RR_N || echo FAIL)
+    rec loopback rr_out "$v"; rec loopback rr_in "$v"
+    v=$(pinned "$HOST_ECHO" timeout 90 python3 "$TOOL" rr 127.0.0.1 7000 $RR_N)
+    rec loopback rr_out_pin "$v"; rec loopback rr_in_pin "$v"
+    v=$(timeout 90 python3 "$TOOL" crr 127.0.0.1 7000 $CRR_N || echo FAIL)
+    rec loopback crr_out "$v"; rec loopback crr_in "$v"
+    sleep 1
+    v=$(pinned "$HOST_ECHO" timeout 90 python3 "$TOOL" crr 127.0.0.1 7000 $CRR_N)
+    rec loopback crr_out_pin "$v"; rec loopback crr_in_pin "$v"
+    sleep 1
+}
 
 bench_stack() {
     local s=$1 mtu v
+    loopback_sample
     for mtu in 1500 65520; do
         log "== $s MTU $mtu"
         start_stack "$s" "$mtu" || { log "$s failed to start at MTU $mtu"; stop "$STACK_PID"; continue; }
@@ -144,14 +229,32 @@ bench_stack() {
         bg ip netns exec "$NS" iperf3 -s -p 5201 >/dev/null 2>&1; local nsi=$!
         bg ip netns exec "$NS" python3 "$TOOL" server 0.0.0.0 7000; local nss=$!
         python3 "$TOOL" wait 127.0.0.1 15201 10 || true
-        rec "$s" "tput_out_$mtu" "$(iperf_med ip netns exec "$NS" iperf3 -c 10.0.2.2 -p 5201)"
-        rec "$s" "tput_in_$mtu" "$(iperf_med iperf3 -c 127.0.0.1 -p 15201)"
+        rec_tput "$s" "tput_out_$mtu" ip netns exec "$NS" iperf3 -c 10.0.2.2 -p 5201
+        rec_tput "$s" "tput_in_$mtu" iperf3 -c 127.0.0.1 -p 15201
+        if [[ $mtu == 65520 ]]; then
+            local p
+            for p in 2 4; do
+                rec "$s" "tput_out_p$p" "$(iperf_med ip netns exec "$NS" iperf3 -c 10.0.2.2 -p 5201 -P "$p")"
+            done
+            # The splice path (loopback to loopback, no tap): usernet's and
+            # pasta's forwards to the namespace's 127.0.0.1 and back.
+            if [[ $s != slirp4netns ]]; then
+                rec_tput "$s" tput_splice_in iperf3 -c 127.0.0.1 -p 15301
+                rec_tput "$s" tput_splice_out ip netns exec "$NS" iperf3 -c 127.0.0.1 -p 25201
+            fi
+        fi
         if [[ $mtu == 1500 ]]; then
             rec "$s" rr_out "$(timeout 90 ip netns exec "$NS" python3 "$TOOL" rr 10.0.2.2 7000 $RR_N || echo FAIL)"
             rec "$s" rr_in "$(timeout 90 python3 "$TOOL" rr 127.0.0.1 17000 $RR_N || echo FAIL)"
+            rec "$s" rr_out_pin "$(pinned "$HOST_ECHO" timeout 90 ip netns exec "$NS" python3 "$TOOL" rr 10.0.2.2 7000 $RR_N)"
+            rec "$s" rr_in_pin "$(pinned "$nss" timeout 90 python3 "$TOOL" rr 127.0.0.1 17000 $RR_N)"
             rec "$s" crr_out "$(timeout 90 ip netns exec "$NS" python3 "$TOOL" crr 10.0.2.2 7000 $CRR_N || echo FAIL)"
             sleep 1
             rec "$s" crr_in "$(timeout 90 python3 "$TOOL" crr 127.0.0.1 17000 $CRR_N || echo FAIL)"
+            sleep 1
+            rec "$s" crr_out_pin "$(pinned "$HOST_ECHO" timeout 90 ip netns exec "$NS" python3 "$TOOL" crr 10.0.2.2 7000 $CRR_N)"
+            sleep 1
+            rec "$s" crr_in_pin "$(pinned "$nss" timeout 90 python3 "$TOOL" crr 127.0.0.1 17000 $CRR_N)"
             sleep 1
             # 1,000 idle connections namespace -> host, held open while we read RSS.
             rm -f "$WORK/hold.out"
@@ -174,7 +277,9 @@ bench_stack() {
     done
 }
 
+[[ -n $STACKS ]] && bench_loopback
 for s in $STACKS; do bench_stack "$s"; done
+[[ -n $STACKS ]] && loopback_tput_rows
 
 # ---- QEMU mode ----
 # The guest runs /scenario.sh (appended to the cached initramfs as a second
@@ -341,6 +446,11 @@ pasta_ver=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo unknown)
     echo "ns→host: iperf3 server on the host's 127.0.0.1, client in the namespace to 10.0.2.2."
     echo "host→ns: server in the namespace, client on the host to a port forward on 127.0.0.1."
     echo "RR: $RR_N 1-byte round trips on one connection (python3 client and server, TCP_NODELAY; includes python overhead on both ends)."
+    echo "Pinned rows: client on CPU $PIN_CLIENT, server on CPU $PIN_SERVER, stack on CPU $PIN_STACK (taskset); unpinned rows let the scheduler choose."
+    echo "CPU per GB: utime+stime of the stack process (/proc/PID/stat, all threads) over the iperf3 runs, per 10^9 bytes received."
+    echo "loopback: the same clients straight to the servers on the host's 127.0.0.1 in the same run (the ceiling);"
+    echo "Its throughput is the median of samples taken before each stack. usernet ÷ loopback is the share of it usernet reaches. Splice path: a forward between the host's loopback and the"
+    echo "namespace's (usernet: --hostfwd to 127.0.0.1 and --tcp-ns; pasta: -t and -T), carried socket to socket, no tap."
     echo "Connect+close: $CRR_N sequential connect()/close() (python3). RSS: VmRSS of the stack process, idle and with $HOLD_N idle"
     echo "namespace→host connections open (the process is usernet / slirp4netns / pasta itself). Latency, connect rate and RSS at MTU 1500."
     echo "QEMU mode: the test guest (.cache/guest: Debian kernel, busybox, iperf3; TCG, 1 vCPU, virtio-net) on usernet"

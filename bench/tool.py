@@ -7,6 +7,7 @@
   tool.py hold HOST PORT N SECS     open N idle connections, print "ready", hold SECS
   tool.py api SOCK JSON             send one request to a slirp4netns API socket
   tool.py iperf FILE                bits_per_second of an iperf3 -J result -> Gbit/s
+  tool.py iperf_bytes FILE          bytes received in an iperf3 -J result
   tool.py median V...               median of values
   tool.py wait HOST PORT SECS       wait until HOST:PORT accepts a connection
   tool.py report RAW OUT META       markdown tables from run.sh's raw results (+ bench/profile.md)
@@ -123,6 +124,10 @@ def iperf(f):
     print(f"{j['end']['sum_received']['bits_per_second'] / 1e9:.2f}")
 
 
+def iperf_bytes(f):
+    print(int(json.load(open(f))["end"]["sum_received"]["bytes"]))  # KeyError: iperf3 failed
+
+
 def median(*v):
     print(statistics.median(float(x) for x in v))
 
@@ -144,14 +149,29 @@ ROWS = [
     ("tput_in_1500", "TCP throughput host→ns (port fwd), MTU 1500", "Gbit/s", True),
     ("tput_out_65520", "TCP throughput ns→host, MTU 65520", "Gbit/s", True),
     ("tput_in_65520", "TCP throughput host→ns (port fwd), MTU 65520", "Gbit/s", True),
+    ("tput_out_p2", "TCP throughput ns→host, MTU 65520, 2 streams (-P 2)", "Gbit/s", True),
+    ("tput_out_p4", "TCP throughput ns→host, MTU 65520, 4 streams (-P 4)", "Gbit/s", True),
+    ("tput_splice_in", "TCP throughput host→ns loopback (splice path)", "Gbit/s", True),
+    ("tput_splice_out", "TCP throughput ns loopback→host (splice path, pasta -T)", "Gbit/s", True),
+    ("cpu_out_1500", "Stack CPU per GB ns→host, MTU 1500", "CPU s/GB", False),
+    ("cpu_in_1500", "Stack CPU per GB host→ns, MTU 1500", "CPU s/GB", False),
+    ("cpu_out_65520", "Stack CPU per GB ns→host, MTU 65520", "CPU s/GB", False),
+    ("cpu_in_65520", "Stack CPU per GB host→ns, MTU 65520", "CPU s/GB", False),
+    ("cpu_splice_in", "Stack CPU per GB host→ns loopback (splice)", "CPU s/GB", False),
+    ("cpu_splice_out", "Stack CPU per GB ns loopback→host (splice)", "CPU s/GB", False),
     ("rr_out", "1-byte TCP RR latency ns→host", "µs/round trip", False),
     ("rr_in", "1-byte TCP RR latency host→ns (port fwd)", "µs/round trip", False),
+    ("rr_out_pin", "1-byte TCP RR latency ns→host, pinned", "µs/round trip", False),
+    ("rr_in_pin", "1-byte TCP RR latency host→ns (port fwd), pinned", "µs/round trip", False),
     ("crr_out", "TCP connect+close ns→host", "conn/s", True),
     ("crr_in", "TCP connect+close host→ns (port fwd)", "conn/s", True),
+    ("crr_out_pin", "TCP connect+close ns→host, pinned", "conn/s", True),
+    ("crr_in_pin", "TCP connect+close host→ns (port fwd), pinned", "conn/s", True),
     ("rss_idle", "RSS of the stack process, idle", "MiB", False),
     ("rss_1000", "RSS of the stack process, 1,000 idle TCP conns", "MiB", False),
 ]
-STACKS = ["usernet", "slirp4netns", "pasta"]
+# loopback: the host's own loopback, the ceiling (same clients, same run).
+STACKS = ["usernet", "slirp4netns", "pasta", "loopback"]
 QROWS = [
     ("q_out", "TCP throughput guest→host (iperf3 in the guest)", "Gbit/s", True),
     ("q_in", "TCP throughput host→guest (port fwd)", "Gbit/s", True),

@@ -12,6 +12,8 @@
 //!   driver;
 //! - [`guestfwd`] and [`files`]: the host side of guestfwd connections and
 //!   of the TFTP server's files;
+//! - [`splice`]: TCP forwards between the host's loopback and a
+//!   namespace's, carried with `splice(2)`, not through the tap;
 //! - [`sandbox`]: no-new-privs and the seccomp filter entered once set-up
 //!   is done;
 //! - [`limits`]: the descriptor limit and the flow limit it allows;
@@ -30,6 +32,7 @@ pub mod netns;
 pub mod pcap;
 pub mod sandbox;
 pub mod sockets;
+pub mod splice;
 pub mod stream;
 pub mod switch;
 pub mod tap;

@@ -25,6 +25,8 @@
 //! usernet holds no reference to the namespace but the tap (and, in
 //! `usernet ns`, a pidfd to see the command exit), and once in its
 //! [`crate::sandbox`] it could not enter it again (no `setns`, no `open`).
+//! The one exception is the splice path's [`NsSockets`]: a forked helper
+//! that stays inside and makes TCP sockets there on request.
 //!
 //! [`spawn_unshared`] starts `usernet ns`'s command: its child unshares
 //! user, network and mount namespaces, maps uid/gid 0 to the caller's,
@@ -376,11 +378,16 @@ pub fn spawn_unshared(mut cmd: Command, resolv: Option<&Path>) -> io::Result<Uns
     let (mut ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+    let parent_ends = (ready_r.as_raw_fd(), go_w.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and makes
-    // only system calls (setrlimit, unshare, open/write/close, mount, read, getpid)
+    // only system calls (close, setrlimit, unshare, open/write/close, mount, read, getpid)
     // on data prepared above; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Our copy of the parent's ends: with it open, the read of `go`
+            // below would never see the parent go away.
+            libc::close(parent_ends.0);
+            libc::close(parent_ends.1);
             // The command gets the descriptor limit usernet started with.
             crate::limits::restore_for_child();
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
@@ -480,4 +487,129 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: `fd` is open (checked above) and, by this function's
     // contract, inherited and owned by nothing else in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How many sockets [`NsSockets`] asks its helper for ahead of need.
+const NS_SOCKETS_AHEAD: usize = 4;
+
+/// A source of TCP sockets that live in another network namespace, for the
+/// splice path ([`crate::splice`]): a socket belongs to the namespace it was
+/// created in, wherever it is used afterwards, so a helper process forked
+/// into the namespace (entering its user namespace first when given, as
+/// [`open_tap`] does) makes them on request and passes them back over a
+/// socket pair (`SCM_RIGHTS`). A process rather than a thread, because a
+/// rootless caller must enter the user namespace too, and because the
+/// helper then runs outside the sandbox that the parent enters later: it
+/// sets the namespace's loopback up (a new namespace's is down), then keeps
+/// only the socket pair open and makes no other call than `read`, `socket`
+/// and `sendmsg`; it exits when the parent's end closes.
+/// The parent asks for a few sockets ahead, so taking one rarely waits.
+#[derive(Debug)]
+pub struct NsSockets {
+    sock: UnixStream,
+}
+
+impl NsSockets {
+    /// Forks the helper into network namespace `netns` (and user namespace
+    /// `userns`, if given and not ours).
+    pub fn open(netns: &Path, userns: Option<&Path>) -> Result<NsSockets, NetnsError> {
+        let net = open_ns(netns)?;
+        let user = userns
+            .filter(|u| !is_own_userns(u))
+            .map(open_ns)
+            .transpose()?;
+        let (ours, theirs) = UnixStream::pair().map_err(NetnsError::Helper)?;
+        // SAFETY: as in open_tap_forked: the child makes only system calls
+        // on data prepared before the fork and ends with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(NetnsError::Helper(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            let fd = theirs.as_raw_fd();
+            let entered = user
+                .as_ref()
+                .map_or(Ok(()), |u| setns(u, libc::CLONE_NEWUSER))
+                .and_then(|()| setns(&net, libc::CLONE_NEWNET));
+            let status = match &entered {
+                Ok(()) => {
+                    // Best effort: `attach`'s namespace may have it up already,
+                    // and a failure shows as the listener's bind error.
+                    let _ = tap::loopback_up();
+                    send_fd(fd, STEP_OK, 0, None)
+                }
+                Err(e) => send_fd(fd, STEP_ENTER, e.raw_os_error().unwrap_or(libc::EIO), None),
+            };
+            if entered.is_ok() && status.is_ok() {
+                serve_sockets(fd);
+            }
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        drop(theirs);
+        drop((net, user));
+        let mut me = NsSockets { sock: ours };
+        match recv_fd(me.sock.as_raw_fd()).map_err(NetnsError::Helper)? {
+            (STEP_OK, _, _) => {}
+            (step, errno, _) => {
+                return Err(step_error(step, "", io::Error::from_raw_os_error(errno)));
+            }
+        }
+        me.sock
+            .write_all(&[1; NS_SOCKETS_AHEAD])
+            .map_err(NetnsError::Helper)?;
+        Ok(me)
+    }
+
+    /// A new non-blocking, close-on-exec IPv4 TCP socket in the namespace.
+    pub fn socket(&mut self) -> io::Result<OwnedFd> {
+        let got = recv_fd(self.sock.as_raw_fd())?;
+        // Ask for the next one before using this one.
+        self.sock.write_all(&[1])?;
+        match got {
+            (STEP_OK, _, Some(fd)) => Ok(fd),
+            (_, errno, _) => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// The helper's loop (in the forked child): closes every descriptor but
+/// stderr and `sock`, then answers each request byte with a new socket (or
+/// its errno) until the parent goes away.
+fn serve_sockets(sock: RawFd) {
+    // SAFETY: close_range only closes descriptors of this (forked) process;
+    // the ones below are the parent's copies, unused here.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3, sock - 1, 0);
+        libc::syscall(libc::SYS_close_range, sock + 1, libc::c_uint::MAX, 0);
+    }
+    let mut req = [0u8; 1];
+    loop {
+        // SAFETY: reads at most 1 byte into `req`.
+        if unsafe { libc::read(sock, req.as_mut_ptr().cast(), 1) } != 1 {
+            return;
+        }
+        // SAFETY: socket takes plain integers and returns a new fd or -1.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        let sent = if fd < 0 {
+            let errno = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            send_fd(sock, STEP_TAP, errno, None)
+        } else {
+            let r = send_fd(sock, STEP_OK, 0, Some(fd));
+            // SAFETY: our copy of the socket, now in flight to the parent.
+            unsafe { libc::close(fd) };
+            r
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
 }

@@ -47,8 +47,10 @@
 //! | `wait4`, `kill` | the pid of `usernet ns`'s command ([`Sandbox::child`]) | reaping the command, or killing it when usernet stops first |
 //! | `open`, `openat`, `openat2`, `fstat`, `newfstatat`, `statx`, `lseek`, `pread64` | `open`, `openat`: read-only, no `O_CREAT`/`O_TRUNC`; `openat2` unchecked (its flags sit in a struct seccomp cannot read) | only with [`Sandbox::read_files`]: a TFTP server opening its root (`open`, `O_PATH`) and a file beneath it (`openat2`, `RESOLVE_BENEATH`) |
 //! | `socket` | domain `AF_UNIX` | only with [`Sandbox::unix_sockets`]: guestfwd to a unix socket |
+//! | `splice`, `pipe2`, `recvmsg` | any | only with [`Sandbox::splice`]: the splice path's pipes, and its sockets made inside the namespace, received from the helper there (`SCM_RIGHTS`) |
 //!
-//! Not used, so not allowed: `readv`/`writev`, `recvmsg`/`sendmsg`,
+//! Not used, so not allowed: `readv`/`writev`, `sendmsg` (and `recvmsg`
+//! but for the splice path),
 //! `recvmmsg`/`sendmmsg`, `getsockname`/`getpeername`; batching I/O
 //! would add them here. `unlink` is the one call left that changes files
 //! (seccomp cannot look at a path): a subverted usernet could delete what
@@ -132,6 +134,9 @@ pub struct Sandbox {
     /// slirp4netns's `--enable-sandbox`: a new mount namespace and no
     /// capabilities.
     isolate: bool,
+    /// The splice path ([`crate::splice`]): `splice`, `pipe2`, and
+    /// `recvmsg` for the namespace's sockets.
+    splice: bool,
 }
 
 /// One allowed system call: any of `rules` must match (none: any
@@ -193,6 +198,14 @@ impl Sandbox {
     #[must_use]
     pub fn unix_sockets(mut self) -> Sandbox {
         self.unix_sockets = true;
+        self
+    }
+
+    /// Also allow the splice path ([`crate::splice`]): `splice`, `pipe2`
+    /// and `recvmsg` (sockets from the namespace's helper).
+    #[must_use]
+    pub fn splice(mut self) -> Sandbox {
+        self.splice = true;
         self
     }
 
@@ -300,6 +313,13 @@ impl Sandbox {
             any("epoll_wait", libc::SYS_epoll_wait),
             any("unlink", libc::SYS_unlink),
         ]);
+        if self.splice {
+            out.extend([
+                any("splice", libc::SYS_splice),
+                any("pipe2", libc::SYS_pipe2),
+                any("recvmsg", libc::SYS_recvmsg),
+            ]);
+        }
         if let Some(child) = self.child {
             let child = bits(child);
             out.push(with("wait4", libc::SYS_wait4, one_of(0, &[child])?));
@@ -623,6 +643,7 @@ mod tests {
             .child(1)
             .read_files()
             .unix_sockets()
+            .splice()
             .allowed()
             .expect("rules");
         let mut seen = HashSet::new();
@@ -647,10 +668,11 @@ mod tests {
         let plain = names(Sandbox::new());
         for denied in [
             "openat", "execve", "clone", "clone3", "setns", "unshare", "mount", "ptrace", "wait4",
-            "kill",
+            "kill", "splice", "pipe2", "recvmsg",
         ] {
             assert!(!plain.contains(&denied), "{denied} allowed by default");
         }
+        assert!(names(Sandbox::new().splice()).contains(&"splice"));
         let ns = names(Sandbox::new().child(42));
         assert!(ns.contains(&"wait4") && ns.contains(&"kill"));
         assert!(names(Sandbox::new().read_files()).contains(&"openat"));

@@ -252,6 +252,30 @@ struct RtEntry {
     rt_irtt: libc::c_ushort,
 }
 
+/// Sets interface `name_c` up, through socket `fd`.
+fn link_up(fd: RawFd, name_c: [c_char; libc::IFNAMSIZ]) -> io::Result<()> {
+    let mut req = ifreq(name_c);
+    ioctl(fd, libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    ioctl(fd, libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// Sets the loopback interface `lo` of the calling thread's network
+/// namespace up (a new namespace's is down), for the splice path.
+/// System calls only: it may run in a forked child.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2); returns a new descriptor or -1.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `s` was just returned by socket and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    link_up(sock.as_raw_fd(), ifname("lo")?)
+}
+
 /// Configures tap `name` in the calling thread's network namespace: MTU,
 /// transmit queue, MAC, and with `cfg.ipv4` its address, link up and a
 /// default route via the gateway.
@@ -305,12 +329,7 @@ pub fn configure(name: &str, cfg: &LinkConfig) -> io::Result<()> {
     req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
     ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
 
-    let mut req = ifreq(name_c);
-    ioctl(fd, libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ioctl(fd, libc::SIOCSIFFLAGS, &mut req)?;
+    link_up(fd, name_c)?;
 
     let mut dev = [0 as c_char; libc::IFNAMSIZ + 1];
     dev[..libc::IFNAMSIZ].copy_from_slice(&name_c);

@@ -83,6 +83,23 @@ pub struct TapArgs {
     /// Serve the slirp4netns JSON API (port forwards) on this unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Forward TCP connections to the namespace's 127.0.0.1:PORT to the
+    /// host's 127.0.0.1:HOSTPORT [default: PORT], socket to socket with
+    /// splice(2) (pasta's -T/--tcp-ns) (repeatable).
+    #[arg(long = "tcp-ns", value_name = "PORT[:HOSTPORT]", value_parser = parse_tcp_ns)]
+    pub tcp_ns: Vec<(u16, u16)>,
+}
+
+/// `--tcp-ns PORT[:HOSTPORT]`.
+fn parse_tcp_ns(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{p}' is not a port (1-65535)")),
+    };
+    match s.split_once(':') {
+        Some((ns, host)) => Ok((port(ns)?, port(host)?)),
+        None => port(s).map(|p| (p, p)),
+    }
 }
 
 impl TapArgs {
@@ -591,6 +608,32 @@ mod tests {
         let cli = parse(["usernet", "ns", "--no-sandbox", "--", "true"]).expect("parses");
         assert!(matches!(cli.command, Command::Ns(n) if n.stack.no_sandbox));
         assert!(usage(&["--no-sandbox=yes"]).contains("--no-sandbox"));
+    }
+
+    #[test]
+    fn tcp_ns_takes_a_port_and_an_optional_host_port() {
+        let cli = parse([
+            "usernet",
+            "ns",
+            "--tcp-ns",
+            "8080",
+            "--tcp-ns",
+            "5432:15432",
+            "--",
+            "true",
+        ])
+        .expect("parses");
+        let Command::Ns(ns) = cli.command else {
+            panic!("not ns");
+        };
+        assert_eq!(ns.tap.tcp_ns, [(8080, 8080), (5432, 15432)]);
+        for bad in ["0", "x", "1:70000", "1:", ":2"] {
+            let err = match parse(["usernet", "ns", "--tcp-ns", bad, "--", "true"]) {
+                Err(CliError::Usage(line)) => line,
+                other => panic!("{bad}: expected a usage error, got {other:?}"),
+            };
+            assert!(err.contains("--tcp-ns") && !err.contains('\n'), "{err:?}");
+        }
     }
 
     #[test]

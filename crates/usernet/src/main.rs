@@ -30,7 +30,7 @@ mod slirp4netns;
 
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::ExitStatusExt as _;
@@ -41,14 +41,19 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use usernet::api;
-use usernet_core::host::GuestFwdTarget;
+use usernet_core::host::{GuestFwdTarget, Proto};
 use usernet_core::{Config, Stack};
 use usernet_host::pcap::Pcap;
 use usernet_host::sandbox::Sandbox;
 use usernet_host::sockets::MioPoller;
+use usernet_host::splice::{self, Side, SpliceFwd, Splicer};
 use usernet_host::tap::{LinkConfig, Tap};
 use usernet_host::{Control, Sockets, Stopped, StreamServer};
 use usernet_host::{limits, netns};
+
+/// The most connections the splice path carries at once (6 descriptors
+/// each), also bounded by the flow limit.
+const MAX_SPLICED: usize = 1024;
 
 use crate::cli::{AttachArgs, CliError, Command, NsArgs, QemuArgs, StackArgs, TapArgs};
 use crate::control::{ApiServer, Lockdown, ReadyFd, StopOn};
@@ -175,7 +180,7 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut metrics = bind_metrics(args.stack.metrics)?;
-    let mut lockdown = Lockdown(sandbox_for(args.stack.no_sandbox, &cfg));
+    let mut lockdown = Lockdown(sandbox_for(args.stack.no_sandbox, &cfg, false));
     let mut controls: Vec<&mut dyn Control> = vec![&mut lockdown];
     if let Some(a) = &mut api {
         controls.push(a);
@@ -189,10 +194,62 @@ fn serve_qemu(args: &QemuArgs, cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tap mode's configuration: the stack's, the namespace's address, and
+/// the splice forwards.
+struct TapConfig {
+    cfg: Config,
+    guest: Ipv4Addr,
+    splice: Vec<SpliceFwd>,
+}
+
+/// Takes the forwards of the splice path out of `cfg`: `--hostfwd`s to a
+/// loopback address (the namespace's own) and `--tcp-ns`.
+fn splice_forwards(cfg: &mut Config, tap: &TapArgs) -> Result<Vec<SpliceFwd>, String> {
+    let loopback = Ipv4Addr::LOCALHOST;
+    let mut out = Vec::new();
+    let mut err = None;
+    cfg.hostfwd.retain(|f| {
+        let Some(IpAddr::V4(g)) = f.guest_addr.filter(|g| g.is_loopback()) else {
+            return true;
+        };
+        match (f.proto, f.host) {
+            (Proto::Tcp, SocketAddr::V4(host)) => out.push(SpliceFwd {
+                side: Side::Host,
+                listen: host,
+                target: SocketAddrV4::new(g, f.guest_port),
+            }),
+            _ => {
+                err = Some(format!(
+                    "--hostfwd to {g}:{}: the namespace's loopback takes only TCP from an IPv4 host address",
+                    f.guest_port
+                ));
+            }
+        }
+        false
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    out.extend(tap.tcp_ns.iter().map(|&(ns, host)| SpliceFwd {
+        side: Side::Namespace,
+        listen: SocketAddrV4::new(loopback, ns),
+        target: SocketAddrV4::new(loopback, host),
+    }));
+    if out.len() > splice::MAX_LISTENERS {
+        return Err(format!(
+            "{} loopback forwards: at most {}",
+            out.len(),
+            splice::MAX_LISTENERS
+        ));
+    }
+    Ok(out)
+}
+
 /// The configuration of a tap mode (`ns`, `attach`): the stack's, with the
 /// namespace's address as the default port-forward target.
-fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), String> {
+fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<TapConfig, String> {
     let mut cfg = stack.config(resolv_conf);
+    let splice = splice_forwards(&mut cfg, tap)?;
     let guest = tap.guest_addr(cfg.net);
     if !cfg.net.contains(guest)
         || guest == cfg.host
@@ -211,7 +268,23 @@ fn tap_config(stack: &StackArgs, tap: &TapArgs) -> Result<(Config, Ipv4Addr), St
     cfg.dhcpstart = guest;
     cfg.validate().map_err(|e| e.to_string())?;
     set_flow_limit(&mut cfg, stack.max_flows);
-    Ok((cfg, guest))
+    Ok(TapConfig { cfg, guest, splice })
+}
+
+/// The splice path's control for `fwds` in the namespace at `netns`
+/// (entered through `userns` when given), if there are any forwards.
+fn splicer(
+    fwds: &[SpliceFwd],
+    netns: &Path,
+    userns: Option<&Path>,
+    max_flows: usize,
+) -> anyhow::Result<Option<Splicer>> {
+    if fwds.is_empty() {
+        return Ok(None);
+    }
+    let ns = netns::NsSockets::open(netns, userns).context("splice path: namespace helper")?;
+    let max = max_flows.min(MAX_SPLICED);
+    Ok(Some(Splicer::new(ns, fwds, max).context("splice path")?))
 }
 
 /// The tap's link setup for `cfg` with the namespace at `guest`.
@@ -278,7 +351,7 @@ fn bind_api(path: Option<&PathBuf>, guest: Ipv4Addr) -> anyhow::Result<Option<Ap
 
 /// `usernet ns`.
 fn ns(args: NsArgs) -> ExitCode {
-    let (cfg, guest) = match tap_config(&args.stack, &args.tap) {
+    let tc = match tap_config(&args.stack, &args.tap) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("usernet: {e}");
@@ -286,7 +359,7 @@ fn ns(args: NsArgs) -> ExitCode {
         }
     };
     let resolv = std::env::temp_dir().join(format!("usernet-{}.resolv.conf", std::process::id()));
-    let result = serve_ns(&args, cfg, guest, &resolv);
+    let result = serve_ns(&args, tc, &resolv);
     let _ = std::fs::remove_file(&resolv);
     match result {
         Ok(code) => code,
@@ -297,12 +370,8 @@ fn ns(args: NsArgs) -> ExitCode {
     }
 }
 
-fn serve_ns(
-    args: &NsArgs,
-    cfg: Config,
-    guest: Ipv4Addr,
-    resolv: &Path,
-) -> anyhow::Result<ExitCode> {
+fn serve_ns(args: &NsArgs, tc: TapConfig, resolv: &Path) -> anyhow::Result<ExitCode> {
+    let TapConfig { cfg, guest, splice } = tc;
     std::fs::write(resolv, format!("nameserver {}\n", cfg.dns))
         .with_context(|| format!("{}", resolv.display()))?;
     let mut cmd = std::process::Command::new(&args.command[0]);
@@ -314,6 +383,9 @@ fn serve_ns(
     let link = link_config(&cfg, guest, None, true);
     let netns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     // On failure `waiting` is dropped and the command exits unrun.
+    // The splice path first: its helper sets the namespace's loopback up,
+    // so it is up once the tap is.
+    let mut spl = splicer(&splice, &netns_path, userns.as_deref(), cfg.max_flows)?;
     let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
     let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
     let mut metrics = bind_metrics(args.stack.metrics)?;
@@ -326,8 +398,12 @@ fn serve_ns(
     if let Some(m) = &mut metrics {
         controls.push(m);
     }
+    if let Some(s) = &mut spl {
+        controls.push(s);
+    }
     // The command may be reaped and killed from inside the sandbox.
-    let sandbox = sandbox_for(args.stack.no_sandbox, &cfg).map(|s| s.child(child.id()));
+    let sandbox =
+        sandbox_for(args.stack.no_sandbox, &cfg, !splice.is_empty()).map(|s| s.child(child.id()));
     let stopped = serve_tap(
         cfg,
         fd,
@@ -353,7 +429,7 @@ fn serve_ns(
 
 /// `usernet attach`.
 fn attach(args: AttachArgs) -> ExitCode {
-    let (cfg, guest) = match tap_config(&args.stack, &args.tap) {
+    let TapConfig { cfg, guest, splice } = match tap_config(&args.stack, &args.tap) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("usernet: {e}");
@@ -372,6 +448,7 @@ fn attach(args: AttachArgs) -> ExitCode {
                 .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/user")))
         });
         let link = link_config(&cfg, guest, None, true);
+        let mut spl = splicer(&splice, &netns_path, userns.as_deref(), cfg.max_flows)?;
         let fd = netns::open_tap(&netns_path, userns.as_deref(), &args.tap.tap, &link)?;
         let mut api = bind_api(args.tap.api_socket.as_ref(), guest)?;
         let mut metrics = bind_metrics(args.stack.metrics)?;
@@ -382,7 +459,10 @@ fn attach(args: AttachArgs) -> ExitCode {
         if let Some(m) = &mut metrics {
             controls.push(m);
         }
-        let sandbox = sandbox_for(args.stack.no_sandbox, &cfg);
+        if let Some(s) = &mut spl {
+            controls.push(s);
+        }
+        let sandbox = sandbox_for(args.stack.no_sandbox, &cfg, !splice.is_empty());
         serve_tap(
             cfg,
             fd,
@@ -429,11 +509,12 @@ fn slirp4netns_main(prog: &str, args: &[OsString]) -> ExitCode {
     }
 }
 
-/// The sandbox for a stack serving `cfg`, unless `--no-sandbox`: TFTP
+/// The sandbox for a stack serving `cfg` (and the splice path, if
+/// `splice`), unless `--no-sandbox`: TFTP
 /// needs read-only opens, a `unix:` guestfwd unix sockets. A `cmd:`
 /// guestfwd would run its command under the filter (seccomp is inherited
 /// across `execve`), where no shell can work, so it turns the filter off.
-fn sandbox_for(no_sandbox: bool, cfg: &Config) -> Option<Sandbox> {
+fn sandbox_for(no_sandbox: bool, cfg: &Config, splice: bool) -> Option<Sandbox> {
     if no_sandbox {
         return None;
     }
@@ -457,6 +538,9 @@ fn sandbox_for(no_sandbox: bool, cfg: &Config) -> Option<Sandbox> {
         .any(|g| matches!(g.target, GuestFwdTarget::Unix(_)))
     {
         sandbox = sandbox.unix_sockets();
+    }
+    if splice {
+        sandbox = sandbox.splice();
     }
     Some(sandbox)
 }

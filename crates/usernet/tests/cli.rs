@@ -127,3 +127,25 @@ fn max_flows_zero() {
 fn max_flows_not_a_number() {
     rejects(&["--max-flows", "many"], "--max-flows");
 }
+
+/// The splice path carries TCP only: a UDP forward to the namespace's
+/// loopback is a configuration error, before any namespace is made.
+#[test]
+fn udp_hostfwd_to_the_namespace_loopback() {
+    let out = usernet_output(
+        &[
+            "ns",
+            "--dns-upstream",
+            "127.0.0.1:9",
+            "--hostfwd",
+            "udp:127.0.0.1:5353-127.0.0.1:53",
+            "--",
+            "true",
+        ],
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--hostfwd"), "{stderr}");
+}
